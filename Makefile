@@ -1,0 +1,52 @@
+# gpu-orchestrator: `make run` serves on 127.0.0.1:8000, `make test` passes every test.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: venv run test test-fast lint typecheck engine-env tiny-model bench demo clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+run: venv
+	$(BIN)/gpu-orchestrator serve --host $(HOST) --port $(PORT)
+
+# The real-engine tests need vLLM's CPU build in its own venv and a tiny local model; both are
+# built once and cached under ~/.cache/gpu-orchestrator.
+engine-env:
+	bash scripts/engine-env.sh
+
+tiny-model: engine-env
+	bash scripts/tiny-model.sh
+
+test: venv tiny-model lint typecheck
+	GPU_ORCH_TEST_ENGINE_PYTHON="$$(bash scripts/engine-env.sh)/bin/python" \
+	GPU_ORCH_TEST_TINY_MODEL="$$(bash scripts/tiny-model.sh)" \
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test-fast: venv
+	$(BIN)/pytest -q -m "not engine"
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+bench: venv tiny-model
+	GPU_ORCH_TEST_ENGINE_PYTHON="$$(bash scripts/engine-env.sh)/bin/python" \
+	GPU_ORCH_TEST_TINY_MODEL="$$(bash scripts/tiny-model.sh)" \
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+
+-include mk/*.mk

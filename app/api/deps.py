@@ -1,0 +1,49 @@
+"""Dependency aliases: the orchestrator and settings of this app instance, and the auth check."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from app.orchestrator.manager import Orchestrator
+from app.orchestrator.wiring import Services
+from app.settings import Settings
+
+_bearer = HTTPBearer(auto_error=False, description="GPU_ORCH_API_TOKEN")
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_orchestrator(request: Request) -> Orchestrator:
+    return get_services(request).orchestrator
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+OrchestratorDep = Annotated[Orchestrator, Depends(get_orchestrator)]
+
+
+def require_token(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """With GPU_ORCH_API_TOKEN set, a matching bearer token (compared in constant time)."""
+    from app.api.errors import ApiError
+
+    expected = settings.api_token
+    if expected is None:
+        return
+    given = credentials.credentials if credentials is not None else ""
+    if not secrets.compare_digest(given.encode(), expected.encode()):
+        raise ApiError(401, "unauthorized", "a valid bearer token is required")

@@ -1,0 +1,105 @@
+"""Start, stop and restart a model's engine; its logs, events and headroom dry run."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import PlainTextResponse
+
+from app.api.deps import OrchestratorDep, SettingsDep
+from app.api.errors import from_command_error
+from app.api.routes.models import ModelId
+from app.api.schemas import CanStartPublic, EventPublic, StatusPublic, event_public, status_public
+from app.orchestrator.messages import CommandKind
+from app.orchestrator.spec import ModelSpec
+
+router = APIRouter(prefix="/models", tags=["lifecycle"])
+Force = Annotated[bool, Query(description="Start even while the low-memory alert is raised.")]
+
+_ACCEPTED: dict[int | str, dict[str, Any]] = {
+    202: {"description": "Accepted: the engine is being started or stopped."},
+    409: {"description": "Refused: not enough GPU memory, no GPU, or the port is taken."},
+}
+
+
+async def _command(
+    model_id: str,
+    kind: CommandKind,
+    orchestrator: OrchestratorDep,
+    settings: SettingsDep,
+    response: Response,
+    force: bool = False,
+) -> StatusPublic:
+    try:
+        result = await orchestrator.command(model_id, kind, force=force)
+    except LookupError:
+        from app.orchestrator.manager import ModelNotFoundError
+
+        raise ModelNotFoundError(model_id) from None
+    if result.error is not None:
+        raise from_command_error(result.error)
+    response.status_code = 202 if result.changed else 200
+    return status_public(orchestrator.status(model_id), engine_host=settings.engine_host)
+
+
+@router.post("/{model_id}/start", response_model=StatusPublic, responses=_ACCEPTED)
+async def start_model(
+    model_id: ModelId,
+    orchestrator: OrchestratorDep,
+    settings: SettingsDep,
+    response: Response,
+    force: Force = False,
+) -> StatusPublic:
+    """202 when a start begins, 200 when the engine is already starting or running."""
+    return await _command(model_id, CommandKind.START, orchestrator, settings, response, force)
+
+
+@router.post("/{model_id}/stop", response_model=StatusPublic, responses=_ACCEPTED)
+async def stop_model(
+    model_id: ModelId, orchestrator: OrchestratorDep, settings: SettingsDep, response: Response
+) -> StatusPublic:
+    """Stops the engine's whole process group; 200 when it was already stopped."""
+    return await _command(model_id, CommandKind.STOP, orchestrator, settings, response)
+
+
+@router.post("/{model_id}/restart", response_model=StatusPublic, responses=_ACCEPTED)
+async def restart_model(
+    model_id: ModelId,
+    orchestrator: OrchestratorDep,
+    settings: SettingsDep,
+    response: Response,
+    force: Force = False,
+) -> StatusPublic:
+    """Stops the engine if it runs, then starts it; clears degraded and the restart budget."""
+    return await _command(model_id, CommandKind.RESTART, orchestrator, settings, response, force)
+
+
+@router.get("/{model_id}/logs", response_class=PlainTextResponse)
+async def model_logs(
+    model_id: ModelId,
+    orchestrator: OrchestratorDep,
+    tail: Annotated[int, Query(ge=1, le=10000, description="How many lines, from the end.")] = 100,
+) -> PlainTextResponse:
+    lines = orchestrator.log_tail(model_id, tail)
+    return PlainTextResponse("".join(f"{line}\n" for line in lines))
+
+
+@router.get("/{model_id}/events", response_model=list[EventPublic])
+async def model_events(
+    model_id: ModelId,
+    orchestrator: OrchestratorDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[EventPublic]:
+    return [event_public(row) for row in orchestrator.events(model_id, limit=limit)]
+
+
+@router.get("/{model_id}/can-start", response_model=CanStartPublic)
+async def can_start(
+    model_id: ModelId, orchestrator: OrchestratorDep, force: Force = False
+) -> CanStartPublic:
+    """Dry run of the headroom check a start would make, with its figures."""
+    return CanStartPublic.model_validate(orchestrator.can_start(model_id, force=force))
+
+
+__all__ = ["ModelSpec", "router"]

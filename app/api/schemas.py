@@ -1,0 +1,165 @@
+"""Request and response schemas, named by role (Create / Update / Public)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.orchestrator.clock import iso_ms
+from app.orchestrator.spec import (
+    SLUG_PATTERN,
+    Dtype,
+    ModelSpec,
+    ModelSpecBase,
+    RestartPolicy,
+)
+from app.store.tables import EventRow, StatusRow
+
+MODEL_EXAMPLE: dict[str, Any] = {
+    "id": "mistral-7b",
+    "model": "mistralai/Mistral-7B-Instruct-v0.3",
+    "dtype": "bfloat16",
+    "gpu_memory_util": 0.75,
+    "max_model_len": 4096,
+    "memory_max": "48G",
+    "cpu_quota": "80%",
+    "adapter_paths": ["synthesizer/adapters/mistral_synth_v1"],
+    "adapter_names": {"synthesizer/adapters/mistral_synth_v1": "mistral_synth_v1"},
+    "restart_policy": {"max_restarts": 5, "backoff_initial_s": 10, "backoff_factor": 2},
+}
+
+
+class ModelCreate(ModelSpec):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [MODEL_EXAMPLE]})
+
+
+class ModelReplace(ModelSpecBase):
+    """PUT body: every field of the spec but the id (taken from the path)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{k: v for k, v in MODEL_EXAMPLE.items() if k != "id"}]},
+    )
+
+
+class ModelPatch(BaseModel):
+    """PATCH body: only the fields to change."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"gpu_memory_util": 0.8, "max_model_len": 8192}]},
+    )
+
+    model: str | None = Field(default=None, min_length=1, max_length=512)
+    dtype: Dtype | None = None
+    gpu_memory_util: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
+    service_unit: str | None = None
+    memory_max: str | None = None
+    cpu_quota: str | None = None
+    adapter_paths: list[str] | None = Field(default=None, max_length=64)
+    adapter_names: dict[str, str] | None = None
+    port: int | None = Field(default=None, ge=1024, le=65535)
+    max_model_len: int | None = Field(default=None, ge=1, le=10_000_000)
+    tensor_parallel_size: int | None = Field(default=None, ge=1, le=64)
+    extra_args: list[str] | None = Field(default=None, max_length=256)
+    env: dict[str, str] | None = None
+    restart_policy: RestartPolicy | None = None
+    start_timeout_s: float | None = Field(default=None, gt=0.0, le=86400.0, allow_inf_nan=False)
+
+
+class LastFailure(BaseModel):
+    kind: str
+    message: str
+    at: str | None
+
+
+class StatusPublic(BaseModel):
+    state: str
+    desired_state: str
+    pid: int | None
+    port: int | None
+    base_url: str | None
+    gpu_ids: list[int]
+    launcher: str | None
+    unit_name: str | None
+    limits_enforced: bool | None
+    restarts_total: int
+    ooms_total: int
+    consecutive_failures: int
+    last_failure: LastFailure | None
+    next_attempt_at: str | None
+    restart_needed: bool
+    since: str
+    notes: dict[str, Any]
+
+
+class ModelPublic(ModelSpec):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(pattern=SLUG_PATTERN)
+    status: StatusPublic
+
+
+class EventPublic(BaseModel):
+    id: int
+    at: str
+    kind: str
+    from_state: str | None
+    to_state: str | None
+    reason: str
+    data: dict[str, Any]
+
+
+class CanStartPublic(BaseModel):
+    ok: bool
+    reason: str
+    code: str | None
+    required_mib: int | None
+    gpu_ids: list[int]
+    gpus: list[dict[str, int]]
+
+
+def status_public(status: StatusRow, *, engine_host: str) -> StatusPublic:
+    failure = None
+    if status.last_failure_kind:
+        failure = LastFailure(
+            kind=status.last_failure_kind,
+            message=status.last_failure_message or "",
+            at=iso_ms(status.last_failure_at) if status.last_failure_at else None,
+        )
+    running = status.state in ("starting", "running", "stopping")
+    return StatusPublic(
+        state=status.state,
+        desired_state=status.desired_state,
+        pid=status.pid,
+        port=status.port if running else None,
+        base_url=f"http://{engine_host}:{status.port}" if running and status.port else None,
+        gpu_ids=list(status.gpu_ids) if running else [],
+        launcher=status.launcher,
+        unit_name=status.unit_name,
+        limits_enforced=status.limits_enforced,
+        restarts_total=status.restarts_total,
+        ooms_total=status.ooms_total,
+        consecutive_failures=status.consecutive_failures,
+        last_failure=failure,
+        next_attempt_at=iso_ms(status.next_attempt_at) if status.next_attempt_at else None,
+        restart_needed=status.restart_needed,
+        since=iso_ms(status.since),
+        notes={k: v for k, v in status.notes.items() if k != "oom_counted_token"},
+    )
+
+
+def model_public(spec: ModelSpec, status: StatusRow, *, engine_host: str) -> ModelPublic:
+    return ModelPublic(**spec.model_dump(), status=status_public(status, engine_host=engine_host))
+
+
+def event_public(row: EventRow) -> EventPublic:
+    return EventPublic(
+        id=row.id or 0,
+        at=iso_ms(row.at),
+        kind=row.kind,
+        from_state=row.from_state,
+        to_state=row.to_state,
+        reason=row.reason,
+        data=row.data,
+    )

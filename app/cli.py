@@ -1,0 +1,98 @@
+"""`gpu-orchestrator serve | oom-scan FILE... | models ... | gpus | agents`."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from app.orchestrator.oom import scan_file
+
+LOOPBACK_NAMES = {"localhost"}
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.main import create_app
+    from app.settings import load_settings
+
+    settings = load_settings()
+    if not is_loopback(args.host) and settings.api_token is None:
+        if not args.insecure:
+            print(
+                f"refusing to listen on {args.host} without GPU_ORCH_API_TOKEN: anyone who can "
+                "reach it could start processes on this node. Set a token, bind to 127.0.0.1, "
+                "or pass --insecure.",
+                file=sys.stderr,
+            )
+            return 2
+        logging.getLogger("gpu_orchestrator").warning(
+            "INSECURE: serving on %s without an API token; anyone who can reach it controls "
+            "the GPU node",
+            args.host,
+        )
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _oom_scan(args: argparse.Namespace) -> int:
+    for name in args.files:
+        try:
+            result = scan_file(Path(name))
+        except OSError as error:
+            result = {
+                "file": name,
+                "kind": None,
+                "line": None,
+                "evidence": None,
+                "error": str(error),
+            }
+        print(json.dumps(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpu-orchestrator", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the control plane (uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback host without a token"
+    )
+    serve.set_defaults(handler=_serve)
+
+    scan = commands.add_parser("oom-scan", help="classify out-of-memory failures in log files")
+    scan.add_argument("files", nargs="+")
+    scan.set_defaults(handler=_oom_scan)
+
+    from app.client_cli import add_client_commands
+
+    add_client_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.handler(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

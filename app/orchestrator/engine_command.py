@@ -1,0 +1,105 @@
+"""The engine's argv and environment, built from a spec: pure functions, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from app.orchestrator.lora import Adapter, lora_flags
+from app.orchestrator.spec import ModelSpec
+
+# The engine starts from a clean environment plus these, never the orchestrator's whole one
+# (its API token and settings must not leak into engines).
+INHERITED_ENV = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "HF_HOME",
+    "XDG_RUNTIME_DIR",
+)
+
+
+@dataclass(frozen=True)
+class EngineCommand:
+    argv: list[str]
+    env: dict[str, str]
+
+
+def build_argv(
+    spec: ModelSpec,
+    *,
+    base_command: Sequence[str],
+    model_path: str,
+    host: str,
+    port: int,
+    adapters: Sequence[Adapter],
+) -> list[str]:
+    argv = [*base_command, model_path]
+    argv += ["--host", host, "--port", str(port), "--served-model-name", spec.id]
+    argv += ["--dtype", spec.dtype.value]
+    argv += ["--gpu-memory-utilization", repr(spec.gpu_memory_util)]
+    if spec.max_model_len is not None:
+        argv += ["--max-model-len", str(spec.max_model_len)]
+    if spec.tensor_parallel_size > 1:
+        argv += ["--tensor-parallel-size", str(spec.tensor_parallel_size)]
+    argv += lora_flags(list(adapters))
+    argv += spec.extra_args
+    return argv
+
+
+def build_env(
+    spec: ModelSpec,
+    *,
+    parent_env: Mapping[str, str],
+    engine_env: Mapping[str, str],
+    gpu_ids: Sequence[int],
+    adapters: Sequence[Adapter],
+    launch_token: str,
+) -> dict[str, str]:
+    """A clean base, the operator's engine defaults, the spec's env, then what we own."""
+    env = {name: parent_env[name] for name in INHERITED_ENV if name in parent_env}
+    env.update(engine_env)
+    env.update(spec.env)
+    env["VLLM_ADAPTER_PATHS"] = ":".join(str(adapter.path) for adapter in adapters)
+    if gpu_ids:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in gpu_ids)
+    # Lets a restarted orchestrator find an engine it spawned but had not yet recorded.
+    env["GPU_ORCH_LAUNCH_TOKEN"] = launch_token
+    return env
+
+
+def build_engine_command(
+    spec: ModelSpec,
+    *,
+    base_command: Sequence[str],
+    model_path: str,
+    host: str,
+    port: int,
+    adapters: Sequence[Adapter],
+    parent_env: Mapping[str, str],
+    engine_env: Mapping[str, str],
+    gpu_ids: Sequence[int],
+    launch_token: str,
+) -> EngineCommand:
+    return EngineCommand(
+        argv=build_argv(
+            spec,
+            base_command=base_command,
+            model_path=model_path,
+            host=host,
+            port=port,
+            adapters=adapters,
+        ),
+        env=build_env(
+            spec,
+            parent_env=parent_env,
+            engine_env=engine_env,
+            gpu_ids=gpu_ids,
+            adapters=adapters,
+            launch_token=launch_token,
+        ),
+    )

@@ -1,0 +1,111 @@
+"""Engines as transient systemd user units, with MemoryMax= and CPUQuota= enforced by systemd.
+
+`systemd-run --user` starts the unit; its output is appended to the same log file the subprocess
+launcher uses, so log following and OOM detection do not depend on the launcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+from app.orchestrator.launchers import process
+from app.orchestrator.launchers.base import EngineHandle, LaunchError, LaunchRequest
+
+_COMMAND_TIMEOUT_S = 30.0
+
+
+async def _run(*argv: str) -> tuple[int, str]:
+    child = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        output, _ = await asyncio.wait_for(child.communicate(), _COMMAND_TIMEOUT_S)
+    except TimeoutError:
+        child.kill()
+        await child.wait()
+        return 124, f"{argv[0]} timed out"
+    return child.returncode or 0, output.decode("utf-8", errors="replace").strip()
+
+
+async def user_manager_answers() -> bool:
+    """True when `systemctl --user` reaches a user manager (not inside most containers)."""
+    if shutil.which("systemctl") is None or shutil.which("systemd-run") is None:
+        return False
+    code, _output = await _run("systemctl", "--user", "show-environment")
+    return code == 0
+
+
+def systemd_run_argv(request: LaunchRequest, *, stop_timeout_s: float) -> list[str]:
+    log = str(request.log_path)
+    argv = [
+        "systemd-run",
+        "--user",
+        f"--unit={request.unit_name}",
+        "--collect",
+        "--quiet",
+        "-p",
+        f"StandardOutput=append:{log}",
+        "-p",
+        f"StandardError=append:{log}",
+        "-p",
+        "KillMode=control-group",
+        "-p",
+        f"TimeoutStopSec={max(1, round(stop_timeout_s))}",
+    ]
+    if request.memory_max:
+        argv += ["-p", f"MemoryMax={request.memory_max}"]
+    if request.cpu_quota:
+        argv += ["-p", f"CPUQuota={request.cpu_quota}"]
+    argv += [f"--setenv={name}={value}" for name, value in sorted(request.env.items())]
+    return [*argv, "--", *request.argv]
+
+
+class SystemdLauncher:
+    name = "systemd"
+
+    def __init__(self, *, stop_timeout_s: float) -> None:
+        self.stop_timeout_s = stop_timeout_s
+
+    async def launch(self, request: LaunchRequest) -> EngineHandle:
+        try:
+            request.log_path.parent.mkdir(parents=True, exist_ok=True)
+            request.log_path.touch()
+        except OSError as error:
+            raise LaunchError(f"cannot open engine log {request.log_path}: {error}") from error
+        # A failed unit of the same name from an earlier run would make systemd-run refuse.
+        await _run("systemctl", "--user", "reset-failed", request.unit_name)
+        code, output = await _run(*systemd_run_argv(request, stop_timeout_s=self.stop_timeout_s))
+        if code != 0:
+            raise LaunchError(f"systemd-run failed ({code}): {output}")
+        code, output = await _run(
+            "systemctl", "--user", "show", "-p", "MainPID", "--value", request.unit_name
+        )
+        pid = int(output) if code == 0 and output.isdigit() else 0
+        started = process.create_time(pid) if pid > 0 else None
+        if started is None:
+            raise LaunchError(f"unit {request.unit_name} has no main process: {output!r}")
+        return EngineHandle(
+            pid=pid,
+            create_time=started,
+            launcher=self.name,
+            unit_name=request.unit_name,
+            limits_enforced=True,
+        )
+
+    async def wait_exit(self, handle: EngineHandle) -> int | None:
+        # Not our child: the exit code belongs to systemd; the unit is collected on exit.
+        await process.wait_pid_exit(handle.pid, handle.create_time)
+        return None
+
+    async def stop(self, handle: EngineHandle, *, grace_s: float) -> None:
+        if handle.unit_name:
+            await _run("systemctl", "--user", "stop", handle.unit_name)
+        # Whatever systemd did, confirm the group is empty (and finish the job if not).
+        await process.terminate_group(handle.pid, grace_s=grace_s)
+
+    def is_alive(self, handle: EngineHandle) -> bool:
+        return process.is_same_process(handle.pid, handle.create_time)

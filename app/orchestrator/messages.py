@@ -1,0 +1,94 @@
+"""What a model's supervisor is told: operator commands and what its watchers observed.
+
+Observations carry the generation of the engine run they are about; the supervisor drops those of
+runs that have already ended, so a late event can never act on a newer engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class CommandKind(StrEnum):
+    START = "start"
+    STOP = "stop"
+    RESTART = "restart"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class CommandError:
+    code: str
+    message: str
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    changed: bool
+    error: CommandError | None = None
+
+
+@dataclass
+class Command:
+    kind: CommandKind
+    force: bool = False
+    reply: asyncio.Future[CommandResult] | None = None
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """Sent once at start-up: look at what the store recorded and pick it up."""
+
+
+@dataclass(frozen=True)
+class EngineReady:
+    generation: int
+
+
+@dataclass(frozen=True)
+class EngineExited:
+    generation: int
+    code: int | None
+
+
+@dataclass(frozen=True)
+class StartTimedOut:
+    generation: int
+
+
+@dataclass(frozen=True)
+class HealthFailed:
+    generation: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class BackoffElapsed:
+    epoch: int
+
+
+@dataclass(frozen=True)
+class StableElapsed:
+    generation: int
+
+
+@dataclass(frozen=True)
+class LogGrew:
+    pass
+
+
+Message = (
+    Command
+    | Adopt
+    | EngineReady
+    | EngineExited
+    | StartTimedOut
+    | HealthFailed
+    | BackoffElapsed
+    | StableElapsed
+    | LogGrew
+)

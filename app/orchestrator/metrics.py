@@ -1,0 +1,56 @@
+"""Prometheus metrics, one registry per app instance (so tests can build many apps).
+
+gpu_orchestrator_vllm_status encodes the observed state: see STATUS_CODES in states.py.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.vllm_restarts_total = Counter(
+            "gpu_orchestrator_vllm_restarts",
+            "Engine restarts performed by the orchestrator after a failure.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.vllm_ooms_total = Counter(
+            "gpu_orchestrator_vllm_ooms",
+            "Engine runs that failed out of memory (any kind), as classified from their logs.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.vllm_status = Gauge(
+            "gpu_orchestrator_vllm_status",
+            "Observed engine state: 0 stopped, 1 starting, 2 running, 3 degraded, 4 stopping, "
+            "5 failed.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.gpu_memory_total_bytes = Gauge(
+            "gpu_orchestrator_gpu_memory_total_bytes",
+            "Total memory of a GPU.",
+            ["gpu"],
+            registry=self.registry,
+        )
+        self.gpu_memory_free_bytes = Gauge(
+            "gpu_orchestrator_gpu_memory_free_bytes",
+            "Free memory of a GPU as last sampled.",
+            ["gpu"],
+            registry=self.registry,
+        )
+        self.gpu_memory_reserved_bytes = Gauge(
+            "gpu_orchestrator_gpu_memory_reserved_bytes",
+            "Memory reserved on a GPU by engines still starting.",
+            ["gpu"],
+            registry=self.registry,
+        )
+        self.gpu_low_memory_alert = Gauge(
+            "gpu_orchestrator_gpu_low_memory_alert",
+            "1 while a GPU's free memory has stayed under the threshold, else 0.",
+            ["gpu"],
+            registry=self.registry,
+        )

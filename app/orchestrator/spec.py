@@ -1,0 +1,233 @@
+"""ModelSpec: what an operator asks the orchestrator to run, validated field by field.
+
+Every rule here guards something downstream: the id becomes a file and a systemd unit name, the
+argv goes to exec (never a shell), and the env reaches the engine's loader. A rejection always
+names the field, so an operator's 422 says what to fix.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import PurePosixPath
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+_SLUG = re.compile(SLUG_PATTERN)
+# systemd's MemoryMax=: bytes with an optional K/M/G/T/P/E suffix, a percentage, or "infinity".
+_MEMORY_MAX = re.compile(r"^(infinity|[0-9]+(\.[0-9]+)?[KMGTPE]?|[0-9]+(\.[0-9]+)?%)$")
+# systemd's CPUQuota=: a percentage, may exceed 100% on several cores.
+_CPU_QUOTA = re.compile(r"^[1-9][0-9]{0,5}%$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+# Flags whose values the orchestrator owns: placement, identity and the adapters it attaches.
+RESERVED_ENGINE_FLAGS = frozenset(
+    {
+        "--host",
+        "--port",
+        "--model",
+        "--served-model-name",
+        "--gpu-memory-utilization",
+        "--dtype",
+        "--tensor-parallel-size",
+        "-tp",
+        "--max-model-len",
+        "--enable-lora",
+        "--lora-modules",
+        "--max-lora-rank",
+        "--max-loras",
+        "--uds",
+        "--api-key",
+    }
+)
+# Variables the orchestrator sets itself, and loader hooks that would run foreign code.
+RESERVED_ENV_NAMES = frozenset(
+    {
+        "VLLM_ADAPTER_PATHS",
+        "CUDA_VISIBLE_DEVICES",
+        "GPU_ORCH_LAUNCH_TOKEN",
+        "LD_PRELOAD",
+        "LD_LIBRARY_PATH",
+        "LD_AUDIT",
+        "PYTHONPATH",
+        "PYTHONSTARTUP",
+        "PYTHONHOME",
+        "PYTHONINSPECT",
+        "PYTHONUSERBASE",
+        "BASH_ENV",
+        "ENV",
+        "PATH",
+    }
+)
+RESERVED_ENV_PREFIXES = ("LD_", "DYLD_")
+
+
+class Dtype(StrEnum):
+    AUTO = "auto"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+    FLOAT32 = "float32"
+
+
+class RestartPolicy(BaseModel):
+    """Bounded exponential backoff.
+
+    Defaults follow kubelet's CrashLoopBackOff shape (doubling, capped, reset after a stable run)
+    scaled for engines that take tens of seconds to load: 5 restarts at 10, 20, 40, 80, 160 s,
+    then degraded; a run of 10 minutes without failure resets the count.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_restarts: int = Field(default=5, ge=0, le=100)
+    backoff_initial_s: float = Field(default=10.0, ge=0.0, le=3600.0, allow_inf_nan=False)
+    backoff_factor: float = Field(default=2.0, ge=1.0, le=10.0, allow_inf_nan=False)
+    backoff_max_s: float = Field(default=300.0, ge=0.0, le=86400.0, allow_inf_nan=False)
+    stable_after_s: float = Field(default=600.0, ge=0.0, le=86400.0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _cap_not_below_initial(self) -> RestartPolicy:
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("backoff_max_s must be >= backoff_initial_s")
+        return self
+
+
+def _check_relative_or_absolute_path(value: str, field: str) -> str:
+    if not value or "\x00" in value or "\n" in value:
+        raise ValueError(f"{field} must be a non-empty path, no control characters")
+    if ".." in PurePosixPath(value).parts:
+        raise ValueError(f"{field} must not contain '..'")
+    return value
+
+
+class ModelSpecBase(BaseModel):
+    """The fields an operator may set; `id` lives on ModelSpec (it never changes)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    model: str = Field(min_length=1, max_length=512, examples=["mistral-7b-v0.3"])
+    dtype: Dtype = Dtype.AUTO
+    gpu_memory_util: float = Field(default=0.9, gt=0.0, le=1.0, allow_inf_nan=False)
+    service_unit: str | None = Field(default=None, max_length=128)
+    memory_max: str | None = Field(default=None, examples=["48G"])
+    cpu_quota: str | None = Field(default=None, examples=["400%"])
+    adapter_paths: list[str] = Field(default_factory=list, max_length=64)
+    adapter_names: dict[str, str] = Field(
+        default_factory=dict,
+        description="vLLM name of an adapter, keyed by its path; default the directory's name.",
+    )
+    port: int | None = Field(default=None, ge=1024, le=65535)
+    max_model_len: int | None = Field(default=None, ge=1, le=10_000_000)
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64)
+    extra_args: list[Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=list, max_length=256
+    )
+    env: dict[str, Annotated[str, Field(max_length=65536)]] = Field(default_factory=dict)
+    restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
+    start_timeout_s: float | None = Field(default=None, gt=0.0, le=86400.0, allow_inf_nan=False)
+
+    @field_validator("model")
+    @classmethod
+    def _model_no_control(cls, value: str) -> str:
+        if any(ch in value for ch in "\x00\n\r") or value.startswith("-"):
+            raise ValueError("model must be a name or path, not a flag or control characters")
+        return value
+
+    @field_validator("service_unit")
+    @classmethod
+    def _unit_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9:_.\\-]{1,120}\.service", value):
+            raise ValueError("service_unit must be a systemd unit name ending in .service")
+        return value
+
+    @field_validator("memory_max")
+    @classmethod
+    def _memory_max(cls, value: str | None) -> str | None:
+        if value is not None and not _MEMORY_MAX.fullmatch(value):
+            raise ValueError(
+                "memory_max must use systemd's MemoryMax= syntax (48G, 512M, infinity)"
+            )
+        return value
+
+    @field_validator("cpu_quota")
+    @classmethod
+    def _cpu_quota(cls, value: str | None) -> str | None:
+        if value is not None and not _CPU_QUOTA.fullmatch(value):
+            raise ValueError("cpu_quota must use systemd's CPUQuota= syntax (80%, 400%)")
+        return value
+
+    @field_validator("adapter_paths")
+    @classmethod
+    def _adapter_paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            _check_relative_or_absolute_path(path, "adapter_paths")
+            if ":" in path:
+                raise ValueError("adapter_paths entries must not contain ':' (VLLM_ADAPTER_PATHS)")
+        if len(set(value)) != len(value):
+            raise ValueError("adapter_paths must not repeat a path")
+        return value
+
+    @field_validator("adapter_names")
+    @classmethod
+    def _adapter_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value.values():
+            if not _ADAPTER_NAME.fullmatch(name):
+                raise ValueError(f"adapter_names: {name!r} is not a valid adapter name")
+        if len(set(value.values())) != len(value):
+            raise ValueError("adapter_names must not give two adapters the same name")
+        return value
+
+    @field_validator("extra_args")
+    @classmethod
+    def _extra_args(cls, value: list[str]) -> list[str]:
+        for token in value:
+            if "\x00" in token:
+                raise ValueError("extra_args must not contain NUL characters")
+            flag = token.split("=", 1)[0]
+            if flag in RESERVED_ENGINE_FLAGS:
+                raise ValueError(f"extra_args must not set {flag}: the orchestrator owns it")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, item in value.items():
+            if not _ENV_NAME.fullmatch(name):
+                raise ValueError(f"env: {name!r} is not a valid variable name")
+            if name.upper() in RESERVED_ENV_NAMES or name.upper().startswith(RESERVED_ENV_PREFIXES):
+                raise ValueError(f"env must not set {name}: reserved or a loader hook")
+            if "\x00" in item:
+                raise ValueError(f"env: {name} must not contain NUL characters")
+        return value
+
+    @model_validator(mode="after")
+    def _adapter_names_refer_to_paths(self) -> ModelSpecBase:
+        unknown = set(self.adapter_names) - set(self.adapter_paths)
+        if unknown:
+            raise ValueError(f"adapter_names keys must be adapter_paths entries: {sorted(unknown)}")
+        return self
+
+
+class ModelSpec(ModelSpecBase):
+    """A registered model: the operator's fields plus its immutable id."""
+
+    id: str = Field(pattern=SLUG_PATTERN, examples=["mistral-7b"])
+
+    @property
+    def unit_name(self) -> str:
+        return self.service_unit or f"vllm-{self.id}.service"
+
+    def adapter_name(self, path: str) -> str:
+        return self.adapter_names.get(path) or PurePosixPath(path).name
+
+
+def is_slug(value: str) -> bool:
+    return bool(_SLUG.fullmatch(value))
+
+
+def spec_fields(spec: ModelSpec) -> dict[str, Any]:
+    """The spec as plain JSON-able data, for storage and responses."""
+    return spec.model_dump(mode="json")

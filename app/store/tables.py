@@ -1,0 +1,92 @@
+"""SQLModel tables. Created only by Alembic migrations (migrations/versions), never create_all."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Index
+from sqlmodel import Field, SQLModel
+
+
+class ModelRow(SQLModel, table=True):
+    """A registered ModelSpec: scalar fields as columns, lists and dicts as JSON."""
+
+    __tablename__ = "models"
+
+    id: str = Field(primary_key=True, max_length=63)
+    model: str
+    dtype: str
+    gpu_memory_util: float
+    service_unit: str | None = None
+    memory_max: str | None = None
+    cpu_quota: str | None = None
+    port: int | None = None
+    max_model_len: int | None = None
+    tensor_parallel_size: int = 1
+    start_timeout_s: float | None = None
+    adapter_paths: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    adapter_names: dict[str, str] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )
+    extra_args: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    env: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    restart_policy: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )
+    source: str = Field(default="api", description="api, or manifest:<file>")
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class StatusRow(SQLModel, table=True):
+    """Runtime status of one model; written only by that model's supervisor."""
+
+    __tablename__ = "model_status"
+
+    model_id: str = Field(primary_key=True, foreign_key="models.id", ondelete="CASCADE")
+    desired_state: str = "stopped"
+    state: str = "stopped"
+    since: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    pid: int | None = None
+    pid_create_time: float | None = None
+    launch_token: str | None = None
+    port: int | None = None
+    gpu_ids: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    launcher: str | None = None
+    unit_name: str | None = None
+    limits_enforced: bool | None = None
+    restarts_total: int = 0
+    ooms_total: int = 0
+    consecutive_failures: int = 0
+    last_failure_kind: str | None = None
+    last_failure_message: str | None = None
+    last_failure_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    next_attempt_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    running_since: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    log_offset: int = 0
+    log_inode: int | None = None
+    restart_needed: bool = False
+    notes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class EventRow(SQLModel, table=True):
+    """Append-only log of transitions, failures, restarts and alerts."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_model_id_id", "model_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: str | None = Field(default=None, max_length=63)
+    at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    kind: str
+    from_state: str | None = None
+    to_state: str | None = None
+    reason: str = ""
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

@@ -1,0 +1,1 @@
+"""Alembic migrations of the gpu-orchestrator store; `upgrade head` runs at start-up."""

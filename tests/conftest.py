@@ -1,0 +1,75 @@
+"""Shared fixtures: an app on a temporary SQLite file, driven through httpx."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from app.main import create_app
+from app.orchestrator.wiring import Overrides
+from app.settings import Settings, load_settings
+from tests.fakes import fake_engine_command
+
+MakeSettings = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> MakeSettings:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "state_dir": tmp_path / "state",
+            "config_dir": tmp_path / "config",
+            "gpu_backend": "simulated",
+            "simulated_gpus": [81920, 81920],
+            "launcher": "subprocess",
+            "vllm_command": fake_engine_command(),
+            "port_range_start": 20000 + (os.getpid() % 200) * 50,
+            "port_range_end": 20000 + (os.getpid() % 200) * 50 + 49,
+            "stop_grace_s": 5.0,
+            "monitor_interval_s": 3600.0,
+        }
+        values.update(overrides)
+        return load_settings(**values)
+
+    return make
+
+
+@asynccontextmanager
+async def running_app(
+    settings: Settings, overrides: Overrides | None = None
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    app = create_app(settings, overrides)
+    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=60) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield app, client
+
+
+@pytest.fixture
+async def client(make_settings: MakeSettings) -> AsyncIterator[httpx.AsyncClient]:
+    async with running_app(make_settings()) as (_app, http):
+        yield http
+
+
+def kill_engines_of(state_dir: Path) -> None:
+    """Test hygiene: SIGKILL any engine group whose log lives under state_dir."""
+    for process in psutil.process_iter(["pid"]):
+        try:
+            if process.environ().get("GPU_ORCH_LAUNCH_TOKEN") is None:
+                continue
+            files = " ".join(f.path for f in process.open_files())
+            cwd_log = str(state_dir) in files
+            if cwd_log or str(state_dir) in " ".join(process.cmdline()):
+                os.killpg(os.getpgid(process.pid), signal.SIGKILL)
+        except (psutil.Error, ProcessLookupError):
+            continue
