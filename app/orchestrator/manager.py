@@ -62,7 +62,7 @@ class Orchestrator:
         """Leave engines running (upgrades without downtime) unless the setting says stop."""
         if self.ctx.settings.stop_engines_on_shutdown:
             await asyncio.gather(
-                *(sup.command(CommandKind.STOP) for sup in self.supervisors.values()),
+                *(sup.command(CommandKind.SHUTDOWN) for sup in self.supervisors.values()),
                 return_exceptions=True,
             )
         for supervisor in self.supervisors.values():

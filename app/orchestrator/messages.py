@@ -17,6 +17,9 @@ class CommandKind(StrEnum):
     STOP = "stop"
     RESTART = "restart"
     DELETE = "delete"
+    # Stop the engine for an orchestrator shutdown, keeping desired=running so the next
+    # orchestrator start brings it back.
+    SHUTDOWN = "shutdown"
 
 
 @dataclass(frozen=True)

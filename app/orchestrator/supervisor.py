@@ -138,6 +138,10 @@ class Supervisor:
             changed = status.desired_state != DesiredState.STOPPED or self.run is not None
             await self._stop_engine("operator stop", desired=DesiredState.STOPPED)
             return CommandResult(changed=changed or status.state != ModelState.STOPPED)
+        if command.kind is CommandKind.SHUTDOWN:
+            desired = DesiredState(status.desired_state)
+            await self._stop_engine("orchestrator shutdown", desired=desired)
+            return CommandResult(changed=True)
         # DELETE: stop what runs, then this supervisor ends; the manager deletes the rows.
         await self._stop_engine("model deleted", desired=DesiredState.STOPPED)
         self.closed = True
