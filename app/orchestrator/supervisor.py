@@ -144,6 +144,7 @@ class Supervisor:
             return CommandResult(changed=True)
         # DELETE: stop what runs, then this supervisor ends; the manager deletes the rows.
         await self._stop_engine("model deleted", desired=DesiredState.STOPPED)
+        self.writer.forget_metrics()
         self.closed = True
         return CommandResult(changed=True)
 
@@ -290,7 +291,8 @@ class Supervisor:
         status = self.writer.status
         if run is None:
             if status.state in (ModelState.FAILED, ModelState.DEGRADED):
-                self.writer.to(ModelState.STOPPED, reason)  # FAILED|DEGRADED -> STOPPED
+                # FAILED|DEGRADED -> STOPPED
+                self.writer.to(ModelState.STOPPED, reason, next_attempt_at=None)
             return
         run.cancel_tasks()
         # STARTING|RUNNING -> STOPPING

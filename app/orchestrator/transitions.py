@@ -3,6 +3,7 @@ and update the status gauge, all together."""
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 from typing import Any
 
@@ -33,6 +34,18 @@ class StatusWriter:
             raise LookupError(model_id)
         self.status: StatusRow = status
         metrics.vllm_status.labels(model=model_id).set(STATUS_CODES[ModelState(status.state)])
+        # Counters start from the persisted totals: a scrape after a restart never goes back.
+        metrics.vllm_restarts_total.labels(model=model_id).inc(status.restarts_total)
+        metrics.vllm_ooms_total.labels(model=model_id).inc(status.ooms_total)
+
+    def forget_metrics(self) -> None:
+        for family in (
+            self.metrics.vllm_status,
+            self.metrics.vllm_restarts_total,
+            self.metrics.vllm_ooms_total,
+        ):
+            with contextlib.suppress(KeyError):
+                family.remove(self.model_id)
 
     @property
     def state(self) -> ModelState:
