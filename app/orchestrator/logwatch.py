@@ -98,7 +98,13 @@ class LogDirWatcher:
         await self._ready.wait()
 
     async def run(self, stop: asyncio.Event) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            # The service keeps serving; starts will fail with this reason until it is fixed.
+            logger.error("cannot watch engine logs in %s: %s", self.directory, error)
+            self._ready.set()
+            return
         self._ready.set()
         # step/debounce in ms: deliver a change within a few ms, not watchfiles' default 1.6 s.
         async for changes in awatch(

@@ -31,18 +31,20 @@ async def _run(*argv: str) -> tuple[int, str]:
     return child.returncode or 0, output.decode("utf-8", errors="replace").strip()
 
 
-async def user_manager_answers() -> bool:
+async def user_manager_answers(systemctl: str = "systemctl") -> bool:
     """True when `systemctl --user` reaches a user manager (not inside most containers)."""
-    if shutil.which("systemctl") is None or shutil.which("systemd-run") is None:
+    if shutil.which(systemctl) is None or shutil.which("systemd-run") is None:
         return False
-    code, _output = await _run("systemctl", "--user", "show-environment")
+    code, _output = await _run(systemctl, "--user", "show-environment")
     return code == 0
 
 
-def systemd_run_argv(request: LaunchRequest, *, stop_timeout_s: float) -> list[str]:
+def systemd_run_argv(
+    request: LaunchRequest, *, stop_timeout_s: float, systemd_run: str = "systemd-run"
+) -> list[str]:
     log = str(request.log_path)
     argv = [
-        "systemd-run",
+        systemd_run,
         "--user",
         f"--unit={request.unit_name}",
         "--collect",
@@ -67,8 +69,16 @@ def systemd_run_argv(request: LaunchRequest, *, stop_timeout_s: float) -> list[s
 class SystemdLauncher:
     name = "systemd"
 
-    def __init__(self, *, stop_timeout_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        stop_timeout_s: float,
+        systemd_run: str = "systemd-run",
+        systemctl: str = "systemctl",
+    ) -> None:
         self.stop_timeout_s = stop_timeout_s
+        self.systemd_run = systemd_run
+        self.systemctl = systemctl
 
     async def launch(self, request: LaunchRequest) -> EngineHandle:
         try:
@@ -77,12 +87,15 @@ class SystemdLauncher:
         except OSError as error:
             raise LaunchError(f"cannot open engine log {request.log_path}: {error}") from error
         # A failed unit of the same name from an earlier run would make systemd-run refuse.
-        await _run("systemctl", "--user", "reset-failed", request.unit_name)
-        code, output = await _run(*systemd_run_argv(request, stop_timeout_s=self.stop_timeout_s))
+        await _run(self.systemctl, "--user", "reset-failed", request.unit_name)
+        argv = systemd_run_argv(
+            request, stop_timeout_s=self.stop_timeout_s, systemd_run=self.systemd_run
+        )
+        code, output = await _run(*argv)
         if code != 0:
             raise LaunchError(f"systemd-run failed ({code}): {output}")
         code, output = await _run(
-            "systemctl", "--user", "show", "-p", "MainPID", "--value", request.unit_name
+            self.systemctl, "--user", "show", "-p", "MainPID", "--value", request.unit_name
         )
         pid = int(output) if code == 0 and output.isdigit() else 0
         started = process.create_time(pid) if pid > 0 else None
@@ -103,7 +116,7 @@ class SystemdLauncher:
 
     async def stop(self, handle: EngineHandle, *, grace_s: float) -> None:
         if handle.unit_name:
-            await _run("systemctl", "--user", "stop", handle.unit_name)
+            await _run(self.systemctl, "--user", "stop", handle.unit_name)
         # Whatever systemd did, confirm the group is empty (and finish the job if not).
         await process.terminate_group(handle.pid, grace_s=grace_s)
 

@@ -1,0 +1,102 @@
+"""The systemd launcher against fake systemd-run/systemctl executables that record their argv
+and really run the engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.orchestrator.launchers.process import group_members
+from app.orchestrator.launchers.systemd_launcher import SystemdLauncher
+from app.orchestrator.wiring import Overrides
+from tests.conftest import MakeSettings, running_app
+from tests.lifecycle.helpers import wait_state
+
+FAKE = Path(__file__).resolve().parents[1] / "fakes" / "systemd" / "fake_systemd.py"
+
+
+@pytest.fixture
+def fake_systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, SystemdLauncher]:
+    state = tmp_path / "systemd"
+    state.mkdir()
+    monkeypatch.setenv("FAKE_SYSTEMD_DIR", str(state))
+    scripts = {}
+    for name, mode in (("systemd-run", "run"), ("systemctl", "ctl")):
+        script = tmp_path / name
+        script.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" {mode} "$@"\n')
+        script.chmod(script.stat().st_mode | stat.S_IEXEC)
+        scripts[name] = str(script)
+    launcher = SystemdLauncher(
+        stop_timeout_s=5, systemd_run=scripts["systemd-run"], systemctl=scripts["systemctl"]
+    )
+    return state, launcher
+
+
+def _calls(state: Path) -> list[list[str]]:
+    return [json.loads(line) for line in (state / "calls.jsonl").read_text().splitlines()]
+
+
+async def test_systemd_launcher_runs_transient_unit_with_limits(
+    make_settings: MakeSettings, fake_systemd: tuple[Path, SystemdLauncher]
+) -> None:
+    state, launcher = fake_systemd
+    settings = make_settings(launcher="systemd")
+    async with running_app(settings, Overrides(launcher=launcher)) as (_app, client):
+        body = {
+            "id": "tiny",
+            "model": "/models/tiny",
+            "gpu_memory_util": 0.3,
+            "memory_max": "48G",
+            "cpu_quota": "400%",
+        }
+        await client.post("/models", json=body)
+        await client.post("/models/tiny/start")
+        status = await wait_state(client, "tiny", "running")
+        assert status["launcher"] == "systemd" and status["limits_enforced"] is True
+        assert status["unit_name"] == "vllm-tiny.service"
+        run_call = next(call for call in _calls(state) if call[0] == "run")
+        options = run_call[1 : run_call.index("--")]
+        assert "--user" in options and "--unit=vllm-tiny.service" in options
+        assert "--collect" in options
+        properties = [options[i + 1] for i, option in enumerate(options) if option == "-p"]
+        log = settings.resolved_log_dir / "tiny.log"
+        assert "MemoryMax=48G" in properties and "CPUQuota=400%" in properties
+        assert f"StandardOutput=append:{log}" in properties
+        assert f"StandardError=append:{log}" in properties
+        assert any(option.startswith("--setenv=GPU_ORCH_LAUNCH_TOKEN=") for option in options)
+        command = run_call[run_call.index("--") + 1 :]
+        assert command[command.index("--port") + 1] == str(status["port"])
+        assert "Application startup complete" in log.read_text()
+        pid = status["pid"]
+        stopped = await client.post("/models/tiny/stop")
+        assert stopped.json()["state"] == "stopped"
+        assert ["ctl", "--user", "stop", "vllm-tiny.service"] in _calls(state)
+        assert group_members(pid) == []
+
+
+async def test_systemd_launcher_refusal_is_a_launch_failure(
+    make_settings: MakeSettings, fake_systemd: tuple[Path, SystemdLauncher]
+) -> None:
+    state, launcher = fake_systemd
+    (state / "vllm-tiny.service.refuse").touch()
+    async with running_app(make_settings(), Overrides(launcher=launcher)) as (_app, client):
+        body = {
+            "id": "tiny",
+            "model": "/m",
+            "gpu_memory_util": 0.3,
+            "restart_policy": {"max_restarts": 0},
+        }
+        await client.post("/models", json=body)
+        refused = await client.post("/models/tiny/start")
+        assert refused.status_code == 503
+        assert refused.json()["detail"]["code"] == "launch_failed"
+        assert "already exists" in refused.json()["detail"]["message"]
+        status = (await client.get("/models/tiny")).json()["status"]
+        assert status["state"] == "degraded"
+        assert status["last_failure"]["kind"] == "launch_error"
+        assert os.environ["FAKE_SYSTEMD_DIR"] == str(state)
