@@ -15,7 +15,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from app.api.body_limit import BodyLimitMiddleware
 from app.api.deps import ServicesDep, require_token
 from app.api.errors import install_error_handlers
-from app.api.routes import gpus, lifecycle, models, system
+from app.api.routes import gpus, lifecycle, manifests, models, system
 from app.orchestrator.wiring import Overrides, build_services
 from app.settings import Settings, load_settings
 
@@ -34,6 +34,7 @@ def create_app(settings: Settings | None = None, overrides: Overrides | None = N
         services = await build_services(settings, overrides)
         app.state.services = services
         await services.orchestrator.start(lambda: asyncio.create_task(services.monitor.run()))
+        await manifests.start_manifest_sync(app, services.orchestrator, settings)
         try:
             yield
         finally:
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None, overrides: Overrides | None = N
     app.include_router(models.router, dependencies=protected)
     app.include_router(lifecycle.router, dependencies=protected)
     app.include_router(gpus.router, dependencies=protected)
+    app.include_router(manifests.router, dependencies=protected)
     _install_metrics(app, settings)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     return app

@@ -82,7 +82,7 @@ def test_adoption_sigterm_leaves_engines_running_and_recorded(state_dir: Path) -
         first.client.post("/models", json=SPEC)
         first.client.post("/models/tiny/start")
         pid = first.wait_state("tiny", "running")["pid"]
-        assert first.terminate() == 0
+        assert first.terminate() in (0, -15)  # uvicorn re-raises SIGTERM after a clean shutdown
     assert group_members(pid), "a graceful shutdown leaves engines running by default"
     with orchestrator_process(state_dir) as second:
         assert second.status("tiny")["pid"] == pid
@@ -96,7 +96,7 @@ def test_adoption_shutdown_setting_stops_engines_and_restarts_them(state_dir: Pa
         first.client.post("/models", json=SPEC)
         first.client.post("/models/tiny/start")
         pid = first.wait_state("tiny", "running")["pid"]
-        assert first.terminate() == 0
+        assert first.terminate() in (0, -15)  # uvicorn re-raises SIGTERM after a clean shutdown
     assert group_members(pid) == []
     with orchestrator_process(state_dir, **env) as second:
         status = second.wait_state("tiny", "running")
