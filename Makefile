@@ -46,6 +46,9 @@ bench: venv tiny-model
 	GPU_ORCH_TEST_TINY_MODEL="$$(bash scripts/tiny-model.sh)" \
 	$(BIN)/python -m bench
 
+demo: venv tiny-model
+	$(BIN)/python scripts/demo.py "$$(bash scripts/engine-env.sh)/bin/python" "$$(bash scripts/tiny-model.sh)"
+
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
 
