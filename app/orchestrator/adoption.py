@@ -78,6 +78,9 @@ async def _engine_lost(supervisor: Supervisor, state: ModelState) -> None:
         if state != ModelState.STOPPING:
             writer.to(ModelState.STOPPING, "engine gone while the orchestrator was down")
         writer.to(ModelState.STOPPED, "engine gone while the orchestrator was down", pid=None)
+        supervisor.ctx.release(supervisor.model_id)
+        if writer.status.desired_state == DesiredState.RUNNING:
+            await supervisor._launch(reason="finishing a restart begun before", force=False)
         return
     pid = writer.status.pid
     await supervisor._fail(
@@ -111,10 +114,13 @@ async def _adopt_alive(supervisor: Supervisor, handle: EngineHandle) -> None:
         pid_create_time=handle.create_time,
     )
     if writer.state == ModelState.STOPPING or status.desired_state == DesiredState.STOPPED:
+        # A stop (or the stop half of a restart) was under way: finish it, then honour what
+        # the operator asked.
+        desired = DesiredState(status.desired_state)
         supervisor.run = run
-        await supervisor._stop_engine(
-            "finishing a stop begun before the restart", desired=DesiredState.STOPPED
-        )
+        await supervisor._stop_engine("finishing a stop begun before the restart", desired=desired)
+        if desired == DesiredState.RUNNING:
+            await supervisor._launch(reason="finishing a restart begun before", force=False)
         return
     supervisor.run = run
     if writer.state == ModelState.RUNNING:

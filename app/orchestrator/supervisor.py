@@ -295,8 +295,9 @@ class Supervisor:
                 self.writer.to(ModelState.STOPPED, reason, next_attempt_at=None)
             return
         run.cancel_tasks()
-        # STARTING|RUNNING -> STOPPING
-        self.writer.to(ModelState.STOPPING, reason)
+        if self.writer.state != ModelState.STOPPING:  # already so when a stop is resumed
+            # STARTING|RUNNING -> STOPPING
+            self.writer.to(ModelState.STOPPING, reason)
         await self._terminate(run.handle)
         self.ctx.release(self.model_id)
         await self._read_log()
