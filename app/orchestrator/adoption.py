@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from app.orchestrator import watchers
 from app.orchestrator.engine_run import EngineRun
 from app.orchestrator.gpu.headroom import held_mib
 from app.orchestrator.launchers import process
@@ -39,7 +38,7 @@ def _recorded_handle(supervisor: Supervisor) -> EngineHandle | None:
 
 
 async def adopt(supervisor: Supervisor) -> None:
-    ctx, writer = supervisor.ctx, supervisor.writer
+    writer = supervisor.writer
     status = writer.status
     state = writer.state
     supervisor.oom.read(run_token=None)  # catch up on lines written while we were away
@@ -52,18 +51,7 @@ async def adopt(supervisor: Supervisor) -> None:
         return
     if state == ModelState.FAILED and status.desired_state == DesiredState.RUNNING:
         # FAILED -> (backoff) -> STARTING, with what is left of the delay.
-        remaining_s = 0.0
-        if status.next_attempt_at is not None:
-            remaining_s = max(0.0, (status.next_attempt_at - ctx.clock.now()).total_seconds())
-        supervisor.backoff_epoch += 1
-        supervisor._timer(
-            watchers.after_delay(
-                ctx.clock,
-                remaining_s,
-                watchers.backoff_message(supervisor.backoff_epoch),
-                supervisor.post,
-            )
-        )
+        supervisor.resume_backoff()
     elif state == ModelState.STOPPED and status.desired_state == DesiredState.RUNNING:
         # Killed between accepting a start and launching it: carry the start out now.
         await supervisor._launch(

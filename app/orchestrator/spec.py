@@ -41,6 +41,8 @@ RESERVED_ENGINE_FLAGS = frozenset(
         "--max-loras",
         "--uds",
         "--api-key",
+        # A config file may set any of the flags above.
+        "--config",
     }
 )
 # Variables the orchestrator sets itself, and loader hooks that would run foreign code.
@@ -60,9 +62,31 @@ RESERVED_ENV_NAMES = frozenset(
         "BASH_ENV",
         "ENV",
         "PATH",
+        "GCONV_PATH",
     }
 )
 RESERVED_ENV_PREFIXES = ("LD_", "DYLD_")
+
+
+def owned_flag(token: str) -> str | None:
+    """The reserved engine flag that an argv token would set, as vLLM's parser reads it: the part
+    before '=', underscores in a long flag's name read as dashes (`--gpu_memory_utilization`), a
+    unique prefix read as the whole flag (argparse's abbreviations: `--hos`), and a short flag
+    glued to its value (`-tp2`)."""
+    if token.startswith("--"):
+        name = token.split("=", 1)[0]
+        name = "--" + name[2:].split(".", 1)[0].replace("_", "-")
+        if len(name) <= 2:
+            return None
+        for flag in sorted(RESERVED_ENGINE_FLAGS):
+            if flag.startswith("--") and flag.startswith(name):
+                return flag
+        return None
+    if token.startswith("-"):
+        for flag in sorted(RESERVED_ENGINE_FLAGS):
+            if not flag.startswith("--") and token.split("=", 1)[0].startswith(flag):
+                return flag
+    return None
 
 
 class Dtype(StrEnum):
@@ -186,9 +210,11 @@ class ModelSpecBase(BaseModel):
         for token in value:
             if "\x00" in token:
                 raise ValueError("extra_args must not contain NUL characters")
-            flag = token.split("=", 1)[0]
-            if flag in RESERVED_ENGINE_FLAGS:
-                raise ValueError(f"extra_args must not set {flag}: the orchestrator owns it")
+            flag = owned_flag(token)
+            if flag is not None:
+                raise ValueError(
+                    f"extra_args must not set {flag} (given as {token!r}): the orchestrator owns it"
+                )
         return value
 
     @field_validator("env")

@@ -155,8 +155,34 @@ class Supervisor:
         self.writer.reset_failures(reason)
         error = await self._launch(reason=reason, force=force)
         if error is not None and error.code != "launch_failed":
+            self._after_refused_start()
             return CommandResult(changed=False, error=error)
         return CommandResult(changed=True, error=error)
+
+    def _after_refused_start(self) -> None:
+        """A refused start changes nothing: a stopped model stays wanted stopped (a refused
+        restart included), and a model waiting for its restart keeps waiting."""
+        status = self.writer.status
+        if status.state == ModelState.STOPPED:
+            self.writer.set_desired(DesiredState.STOPPED)
+        elif status.state == ModelState.FAILED and status.desired_state == DesiredState.RUNNING:
+            self.resume_backoff()
+
+    def resume_backoff(self) -> None:
+        """Arm the restart timer with what is left of the persisted delay."""
+        next_at = self.writer.status.next_attempt_at
+        remaining_s = 0.0
+        if next_at is not None:
+            remaining_s = max(0.0, (next_at - self.ctx.clock.now()).total_seconds())
+        self.backoff_epoch += 1
+        self._timer(
+            watchers.after_delay(
+                self.ctx.clock,
+                remaining_s,
+                watchers.backoff_message(self.backoff_epoch),
+                self.post,
+            )
+        )
 
     # -- launching ------------------------------------------------------------------------
     async def _launch(self, *, reason: str, force: bool) -> CommandError | None:

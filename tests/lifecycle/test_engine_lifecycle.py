@@ -43,7 +43,9 @@ async def test_lifecycle_start_becomes_running_and_stop_leaves_no_process(
         assert stopped.json()["state"] == "stopped" and stopped.json()["pid"] is None
         assert group_alive(pid) == []
         events = (await client.get("/models/tiny/events")).json()
-        transitions = [(e["from_state"], e["to_state"]) for e in events if e["kind"] == "transition"]
+        transitions = [
+            (e["from_state"], e["to_state"]) for e in events if e["kind"] == "transition"
+        ]
         assert transitions == [
             ("stopped", "starting"),
             ("starting", "running"),
@@ -60,9 +62,7 @@ async def test_lifecycle_concurrent_starts_spawn_one_engine(make_settings: MakeS
         assert codes.count(202) == 1 and codes.count(200) == 99
         status = await wait_state(client, "tiny", "running")
         launched = [
-            e
-            for e in (await client.get("/models/tiny/events")).json()
-            if e["kind"] == "launched"
+            e for e in (await client.get("/models/tiny/events")).json() if e["kind"] == "launched"
         ]
         assert len(launched) == 1
         tokens = [
@@ -148,7 +148,10 @@ async def test_lifecycle_exit_during_start_fails_with_code_and_log_tail(
 async def test_lifecycle_start_timeout_fails(make_settings: MakeSettings) -> None:
     async with running_app(make_settings()) as (_app, client):
         body = spec(
-            "tiny", "--ready-delay-s", "30", start_timeout_s=0.5,
+            "tiny",
+            "--ready-delay-s",
+            "30",
+            start_timeout_s=0.5,
             restart_policy={"max_restarts": 0},
         )
         await client.post("/models", json=body)
@@ -184,3 +187,14 @@ async def test_lifecycle_refused_start_carries_figures(make_settings: MakeSettin
         assert detail["gpus"][0]["free_mib"] == 16384
         status = (await client.get("/models/big")).json()["status"]
         assert status["state"] == "stopped" and status["desired_state"] == "stopped"
+
+
+async def test_lifecycle_refused_restart_leaves_model_wanted_stopped(
+    make_settings: MakeSettings,
+) -> None:
+    async with running_app(make_settings(simulated_gpus=[16384])) as (_app, client):
+        await client.post("/models", json=spec("big", gpu_memory_util=0.95))
+        refused = await client.post("/models/big/restart")
+        assert refused.status_code == 409
+        status = (await client.get("/models/big")).json()["status"]
+        assert (status["state"], status["desired_state"]) == ("stopped", "stopped")
