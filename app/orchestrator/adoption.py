@@ -14,6 +14,7 @@ from app.orchestrator.engine_run import EngineRun
 from app.orchestrator.gpu.headroom import held_mib
 from app.orchestrator.launchers import process
 from app.orchestrator.launchers.base import EngineHandle
+from app.orchestrator.oom_tracking import OomFound
 from app.orchestrator.states import DesiredState, FailureKind, ModelState
 
 if TYPE_CHECKING:
@@ -41,13 +42,17 @@ async def adopt(supervisor: Supervisor) -> None:
     writer = supervisor.writer
     status = writer.status
     state = writer.state
-    supervisor.oom.read(run_token=None)  # catch up on lines written while we were away
-    if state in (ModelState.STARTING, ModelState.RUNNING, ModelState.STOPPING):
+    engine_state = state in (ModelState.STARTING, ModelState.RUNNING, ModelState.STOPPING)
+    # Catch up on lines written while we were away: an OOM of the recorded run counts now.
+    found = supervisor.oom.read(run_token=status.launch_token if engine_state else None)
+    if engine_state:
         handle = _recorded_handle(supervisor)
         if handle is None:
-            await _engine_lost(supervisor, state)
+            await _engine_lost(supervisor, state, found)
             return
         await _adopt_alive(supervisor, handle)
+        if found is not None and supervisor.run is not None:
+            await supervisor._fail(found.kind, f"{found.kind.value}: {found.evidence}")
         return
     if state == ModelState.FAILED and status.desired_state == DesiredState.RUNNING:
         # FAILED -> (backoff) -> STARTING, with what is left of the delay.
@@ -59,7 +64,7 @@ async def adopt(supervisor: Supervisor) -> None:
         )
 
 
-async def _engine_lost(supervisor: Supervisor, state: ModelState) -> None:
+async def _engine_lost(supervisor: Supervisor, state: ModelState, found: OomFound | None) -> None:
     writer = supervisor.writer
     if state == ModelState.STOPPING or writer.status.desired_state == DesiredState.STOPPED:
         # STOPPING -> STOPPED: what we were stopping is gone.
@@ -70,10 +75,11 @@ async def _engine_lost(supervisor: Supervisor, state: ModelState) -> None:
         if writer.status.desired_state == DesiredState.RUNNING:
             await supervisor._launch(reason="finishing a restart begun before", force=False)
         return
-    pid = writer.status.pid
-    await supervisor._fail(
-        FailureKind.EXIT, f"engine (pid {pid}) ended while the orchestrator was down"
-    )
+    detail = f"engine (pid {writer.status.pid}) ended while the orchestrator was down"
+    if found is not None:
+        await supervisor._fail(found.kind, f"{detail}: {found.evidence}")
+        return
+    await supervisor._fail(FailureKind.EXIT, detail)
 
 
 async def _adopt_alive(supervisor: Supervisor, handle: EngineHandle) -> None:

@@ -102,3 +102,24 @@ def test_adoption_shutdown_setting_stops_engines_and_restarts_them(state_dir: Pa
         status = second.wait_state("tiny", "running")
         assert status["pid"] != pid and status["desired_state"] == "running"
         second.client.post("/models/tiny/stop")
+
+
+def test_adoption_oom_while_down_is_counted_once_and_classified(state_dir: Path) -> None:
+    policy = {"max_restarts": 3, "backoff_initial_s": 0.1}
+    with orchestrator_process(state_dir) as first:
+        first.client.post("/models", json={**SPEC, "restart_policy": policy})
+        first.client.post("/models/tiny/start")
+        old_pid = first.wait_state("tiny", "running")["pid"]
+        first.kill()
+    log = state_dir / "logs" / "tiny.log"
+    with log.open("a") as handle:
+        handle.write("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.\n")
+    os.killpg(old_pid, signal.SIGKILL)
+    wait_until(lambda: not group_members(old_pid), 10, what="old engine gone")
+    for _round in range(2):  # a second restart must not count the same line again
+        with orchestrator_process(state_dir) as again:
+            status = again.wait_state("tiny", "running")
+            assert status["ooms_total"] == 1 and status["restarts_total"] == 1
+            assert status["last_failure"]["kind"] == "gpu_oom"
+    with orchestrator_process(state_dir) as last:
+        last.client.post("/models/tiny/stop")
