@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,11 +24,9 @@ def is_loopback(host: str) -> bool:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from app.main import create_app
     from app.settings import load_settings
 
+    # Decided before the app and uvicorn are even imported, so a refusal is immediate.
     settings = load_settings()
     if not is_loopback(args.host) and settings.api_token is None:
         if not args.insecure:
@@ -40,11 +37,18 @@ def _serve(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        logging.getLogger("gpu_orchestrator").warning(
-            "INSECURE: serving on %s without an API token; anyone who can reach it controls "
-            "the GPU node",
-            args.host,
+        # Printed, not logged: nothing has configured logging yet (uvicorn does so later), and
+        # this line must reach the console or journal whatever the logging setup.
+        print(
+            f"WARNING: INSECURE: serving on {args.host} without GPU_ORCH_API_TOKEN; anyone who "
+            "can reach this address can start processes on this node.",
+            file=sys.stderr,
+            flush=True,
         )
+    import uvicorn
+
+    from app.main import create_app
+
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

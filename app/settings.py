@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     start_timeout_s: float = Field(default=900.0, gt=0)
     stop_grace_s: float = Field(default=30.0, gt=0)
     readiness_interval_min_s: float = Field(default=0.01, gt=0)
-    readiness_interval_max_s: float = Field(default=0.1, gt=0)
+    readiness_interval_max_s: float = Field(default=0.05, gt=0)
     health_interval_s: float = Field(default=10.0, gt=0)
     health_failures: int = Field(default=3, ge=1)
     health_timeout_s: float = Field(default=5.0, gt=0)

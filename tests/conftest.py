@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from app.settings import Settings, load_settings
 from tests.fakes import fake_engine_command
 
 MakeSettings = Callable[..., Settings]
+TEST_MARKER = "GPU_ORCH_TEST_RUN"
 
 
 @pytest.fixture
@@ -37,6 +38,9 @@ def make_settings(tmp_path: Path) -> MakeSettings:
             "port_range_end": 20000 + (os.getpid() % 200) * 50 + 49,
             "stop_grace_s": 5.0,
             "monitor_interval_s": 3600.0,
+            # A failing test must not leave engines behind: shutdown stops them here.
+            "stop_engines_on_shutdown": True,
+            "engine_env": {TEST_MARKER: str(tmp_path)},
         }
         values.update(overrides)
         return load_settings(**values)
@@ -61,15 +65,28 @@ async def client(make_settings: MakeSettings) -> AsyncIterator[httpx.AsyncClient
         yield http
 
 
-def kill_engines_of(state_dir: Path) -> None:
-    """Test hygiene: SIGKILL any engine group whose log lives under state_dir."""
+def kill_engines_of(root: str | Path) -> int:
+    """Test hygiene: SIGKILL every engine group of a test: started with GPU_ORCH_TEST_RUN set
+    to `root` or a parent of it, or writing its log under `root`."""
+    root_text = str(root)
+    killed = 0
     for process in psutil.process_iter(["pid"]):
         try:
-            if process.environ().get("GPU_ORCH_LAUNCH_TOKEN") is None:
+            environ = process.environ()
+            if "GPU_ORCH_LAUNCH_TOKEN" not in environ:
                 continue
-            files = " ".join(f.path for f in process.open_files())
-            cwd_log = str(state_dir) in files
-            if cwd_log or str(state_dir) in " ".join(process.cmdline()):
+            marker = environ.get(TEST_MARKER)
+            ours = marker is not None and (root_text + "/").startswith(marker.rstrip("/") + "/")
+            ours = ours or any(f.path.startswith(root_text) for f in process.open_files())
+            if ours:
                 os.killpg(os.getpgid(process.pid), signal.SIGKILL)
-        except (psutil.Error, ProcessLookupError):
+                killed += 1
+        except (psutil.Error, ProcessLookupError, PermissionError):
             continue
+    return killed
+
+
+@pytest.fixture(autouse=True)
+def _no_engine_left_behind(tmp_path: Path) -> Iterator[None]:
+    yield
+    kill_engines_of(str(tmp_path))

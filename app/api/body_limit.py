@@ -1,14 +1,15 @@
-"""A request body limit (413), enforced on the stream, not only on Content-Length."""
+"""A request body limit (413), enforced on the stream, not only on Content-Length.
+
+A declared Content-Length over the limit is refused before the app runs. A chunked body is counted
+as it arrives: once over the limit the 413 is sent, the app is told the client went away (so it
+stops reading and stores nothing), and anything it answers after that is dropped.
+"""
 
 from __future__ import annotations
 
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-
-class BodyTooLargeError(Exception):
-    pass
 
 
 class BodyLimitMiddleware:
@@ -26,26 +27,30 @@ class BodyLimitMiddleware:
             return
         seen = 0
         started = False
+        rejected = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, rejected
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise BodyTooLargeError
+                    if not started and not rejected:
+                        rejected = True
+                        await self._reject(send)
+                    # Raising here would reach the framework's body parser, which turns any error
+                    # into a 400; a client that went away makes the app stop reading instead.
+                    return {"type": "http.disconnect"}
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if rejected:
+                return  # the 413 is already out; whatever the app answers after it is dropped
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLargeError:
-            if not started:
-                await self._reject(send)
+        await self.app(scope, limited_receive, tracking_send)
 
     async def _reject(self, send: Send) -> None:
         body = json.dumps(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app.api.auth import token_accepted
 from app.orchestrator.manager import Orchestrator
 from app.orchestrator.wiring import Services
 from app.settings import Settings
@@ -39,11 +39,8 @@ def require_token(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     """With GPU_ORCH_API_TOKEN set, a matching bearer token (compared in constant time)."""
-    from app.api.errors import ApiError
+    from app.api.errors import unauthorized
 
-    expected = settings.api_token
-    if expected is None:
-        return
     given = credentials.credentials if credentials is not None else ""
-    if not secrets.compare_digest(given.encode(), expected.encode()):
-        raise ApiError(401, "unauthorized", "a valid bearer token is required")
+    if not token_accepted(settings, given):
+        raise unauthorized()

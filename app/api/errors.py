@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.auth import CHALLENGE, rejects_token
 from app.orchestrator.manager import AlreadyExistsError, ModelNotFoundError, ModelRunningError
 from app.orchestrator.messages import CommandError
 
@@ -24,11 +30,40 @@ STATUS_BY_CODE = {
 }
 
 
+# Framework errors (unknown path, wrong method, unreadable body) get the same body shape.
+_CODE_BY_HTTP_STATUS = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+}
+
+
 class ApiError(Exception):
-    def __init__(self, status_code: int, code: str, message: str, **figures: Any) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **figures: Any,
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.headers = headers
         self.body = {"code": code, "message": message, **figures}
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with NaN and the infinities as strings: strict JSON has no literal for them, and
+    echoing a client's `NaN` back in a 422 must not turn into a 500."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def not_found(model_id: str) -> ApiError:
@@ -40,10 +75,41 @@ def from_command_error(error: CommandError) -> ApiError:
     return ApiError(STATUS_BY_CODE.get(error.code, 409), error.code, error.message, **figures)
 
 
+def unauthorized() -> ApiError:
+    return ApiError(
+        401, "unauthorized", "a valid bearer token is required", headers=dict(CHALLENGE)
+    )
+
+
+def _response(error: ApiError) -> JSONResponse:
+    return JSONResponse(
+        status_code=error.status_code,
+        content={"detail": json_safe(error.body)},
+        headers=error.headers,
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, error: ApiError) -> JSONResponse:
-        return JSONResponse(status_code=error.status_code, content={"detail": error.body})
+        return _response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        if rejects_token(request):
+            return _response(unauthorized())
+        # FastAPI's own shape (a list of {type, loc, msg, input}), made JSON-safe.
+        content = {"detail": json_safe(jsonable_encoder(error.errors()))}
+        return JSONResponse(status_code=422, content=content)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        # A body that is not even UTF-8 is refused with 400 before the route's dependencies run.
+        if error.status_code == 400 and rejects_token(request):
+            return _response(unauthorized())
+        code = _CODE_BY_HTTP_STATUS.get(error.status_code, "http_error")
+        message = str(error.detail)
+        return _response(ApiError(error.status_code, code, message, headers=error.headers))
 
     @app.exception_handler(ModelNotFoundError)
     async def _not_found(_request: Request, error: ModelNotFoundError) -> JSONResponse:

@@ -68,6 +68,55 @@ class ModelPatch(BaseModel):
     start_timeout_s: float | None = Field(default=None, gt=0.0, le=86400.0, allow_inf_nan=False)
 
 
+class ErrorDetail(BaseModel):
+    """An error's stable `code`, a sentence for people, and the figures behind it."""
+
+    model_config = ConfigDict(extra="allow")
+    code: str
+    message: str
+
+
+class ErrorPublic(BaseModel):
+    detail: ErrorDetail
+
+
+class ValidationIssue(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class UnprocessablePublic(BaseModel):
+    """422: the field issues of a request (FastAPI's list), or, for a start, the spec's adapters
+    that cannot be read (`{code: adapter_invalid, message}`)."""
+
+    detail: list[ValidationIssue] | ErrorDetail
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "The body is not decodable (not UTF-8).",
+    401: "Missing or wrong bearer token (`WWW-Authenticate: Bearer`).",
+    404: "No model with this id is registered.",
+    409: "Refused in the current state: already exists, running, or no GPU headroom.",
+    413: "The request body exceeds the limit (`GPU_ORCH_MAX_BODY_BYTES`).",
+    422: "A field is invalid, or (on start) an adapter of the spec cannot be read.",
+    503: "The engine could not be launched.",
+}
+
+
+def error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses, all with the `{"detail": {code, message}}`
+    body, so clients (and schema-driven fuzzers) know every status a route may answer."""
+    return {
+        code: {
+            "model": UnprocessablePublic if code == 422 else ErrorPublic,
+            "description": _ERROR_DESCRIPTIONS[code],
+        }
+        for code in status_codes
+    }
+
+
 class LastFailure(BaseModel):
     kind: str
     message: str

@@ -139,6 +139,8 @@ class Supervisor:
             await self._stop_engine("operator stop", desired=DesiredState.STOPPED)
             return CommandResult(changed=changed or status.state != ModelState.STOPPED)
         if command.kind is CommandKind.SHUTDOWN:
+            if self.run is None:
+                return CommandResult(changed=False)  # failed, degraded, stopped stay as they are
             desired = DesiredState(status.desired_state)
             await self._stop_engine("orchestrator shutdown", desired=desired)
             return CommandResult(changed=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -32,6 +33,7 @@ def orchestrator_env(state_dir: Path, **extra: str) -> dict[str, str]:
         GPU_ORCH_MONITOR_INTERVAL_S="3600",
         GPU_ORCH_PORT_RANGE_START="28100",
         GPU_ORCH_PORT_RANGE_END="28199",
+        GPU_ORCH_ENGINE_ENV=json.dumps({"GPU_ORCH_TEST_RUN": str(state_dir)}),
     )
     env.update(extra)
     return env

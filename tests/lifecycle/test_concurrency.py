@@ -4,6 +4,7 @@ file, and an orchestrator SIGKILLed in the middle of a start, a stop or a restar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import sqlite3
 import threading
@@ -110,10 +111,8 @@ def _kill_mid(state_dir: Path, fake_flags: str, verb: str, mid_state: str) -> No
             first.wait_state("tiny", "running")
 
         def send() -> None:
-            try:
+            with contextlib.suppress(httpx.HTTPError):  # the orchestrator is killed under it
                 first.client.post(f"/models/tiny/{verb}", timeout=60)
-            except httpx.HTTPError:
-                pass  # the orchestrator is killed under it
 
         sender = threading.Thread(target=send)
         sender.start()

@@ -8,9 +8,10 @@ from typing import Any
 from fastapi import APIRouter
 
 from app.api.deps import ServicesDep
+from app.api.schemas import error_responses
 from app.orchestrator.clock import iso_ms
 
-router = APIRouter(tags=["gpus"])
+router = APIRouter(tags=["gpus"], responses=error_responses(401))
 
 
 @router.get("/gpus")

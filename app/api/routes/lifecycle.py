@@ -10,17 +10,26 @@ from fastapi.responses import PlainTextResponse
 from app.api.deps import OrchestratorDep, SettingsDep
 from app.api.errors import from_command_error
 from app.api.routes.models import ModelId
-from app.api.schemas import CanStartPublic, EventPublic, StatusPublic, event_public, status_public
+from app.api.schemas import (
+    CanStartPublic,
+    EventPublic,
+    StatusPublic,
+    error_responses,
+    event_public,
+    status_public,
+)
 from app.orchestrator.messages import CommandKind
 from app.orchestrator.spec import ModelSpec
 
-router = APIRouter(prefix="/models", tags=["lifecycle"])
+router = APIRouter(prefix="/models", tags=["lifecycle"], responses=error_responses(401, 404))
 Force = Annotated[bool, Query(description="Start even while the low-memory alert is raised.")]
 
 _ACCEPTED: dict[int | str, dict[str, Any]] = {
     202: {"description": "Accepted: the engine is being started or stopped."},
-    409: {"description": "Refused: not enough GPU memory, no GPU, or the port is taken."},
+    **error_responses(409, 503),
 }
+# A start resolves the spec's adapters first; one that cannot be read is 422 adapter_invalid.
+_STARTS = {**_ACCEPTED, **error_responses(422)}
 
 
 async def _command(
@@ -43,7 +52,7 @@ async def _command(
     return status_public(orchestrator.status(model_id), engine_host=settings.engine_host)
 
 
-@router.post("/{model_id}/start", response_model=StatusPublic, responses=_ACCEPTED)
+@router.post("/{model_id}/start", response_model=StatusPublic, responses=_STARTS)
 async def start_model(
     model_id: ModelId,
     orchestrator: OrchestratorDep,
@@ -63,7 +72,7 @@ async def stop_model(
     return await _command(model_id, CommandKind.STOP, orchestrator, settings, response)
 
 
-@router.post("/{model_id}/restart", response_model=StatusPublic, responses=_ACCEPTED)
+@router.post("/{model_id}/restart", response_model=StatusPublic, responses=_STARTS)
 async def restart_model(
     model_id: ModelId,
     orchestrator: OrchestratorDep,

@@ -5,13 +5,21 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from app.api.deps import OrchestratorDep, SettingsDep
-from app.api.errors import ApiError
-from app.api.schemas import ModelCreate, ModelPatch, ModelPublic, ModelReplace, model_public
+from app.api.schemas import (
+    ModelCreate,
+    ModelPatch,
+    ModelPublic,
+    ModelReplace,
+    error_responses,
+    model_public,
+)
 from app.orchestrator.spec import SLUG_PATTERN, ModelSpec
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], responses=error_responses(401))
 ModelId = Annotated[str, Path(pattern=SLUG_PATTERN, description="The model's id (a slug).")]
 
 
@@ -23,7 +31,12 @@ def _public(orchestrator: OrchestratorDep, settings: SettingsDep, model_id: str)
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelPublic)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ModelPublic,
+    responses=error_responses(400, 409, 413),
+)
 async def create_model(
     body: ModelCreate, orchestrator: OrchestratorDep, settings: SettingsDep, response: Response
 ) -> ModelPublic:
@@ -43,7 +56,7 @@ async def list_models(orchestrator: OrchestratorDep, settings: SettingsDep) -> l
     ]
 
 
-@router.get("/{model_id}", response_model=ModelPublic)
+@router.get("/{model_id}", response_model=ModelPublic, responses=error_responses(404))
 async def get_model(
     model_id: ModelId, orchestrator: OrchestratorDep, settings: SettingsDep
 ) -> ModelPublic:
@@ -53,24 +66,22 @@ async def get_model(
 async def _replace(
     orchestrator: OrchestratorDep, settings: SettingsDep, fields: dict[str, Any]
 ) -> ModelPublic:
-    from pydantic import ValidationError
-
     try:
         spec = ModelSpec.model_validate(fields)
     except ValidationError as error:
-        raise ApiError(
-            422,
-            "invalid_spec",
-            "; ".join(
-                f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}" for item in error.errors()
-            ),
-            errors=[{"loc": list(item["loc"]), "msg": item["msg"]} for item in error.errors()],
+        # The merged spec failed a rule that spans fields (or a null for a required one): answer
+        # in the same shape as a body that failed on its own, with the field under "body".
+        raise RequestValidationError(
+            [{**item, "loc": ("body", *item["loc"])} for item in error.errors(include_url=False)]
         ) from error
     await orchestrator.update_model(spec)
     return _public(orchestrator, settings, spec.id)
 
 
-@router.put("/{model_id}", response_model=ModelPublic)
+_CHANGE_ERRORS = error_responses(400, 404, 409, 413)
+
+
+@router.put("/{model_id}", response_model=ModelPublic, responses=_CHANGE_ERRORS)
 async def replace_model(
     model_id: ModelId, body: ModelReplace, orchestrator: OrchestratorDep, settings: SettingsDep
 ) -> ModelPublic:
@@ -78,7 +89,7 @@ async def replace_model(
     return await _replace(orchestrator, settings, {**body.model_dump(), "id": model_id})
 
 
-@router.patch("/{model_id}", response_model=ModelPublic)
+@router.patch("/{model_id}", response_model=ModelPublic, responses=_CHANGE_ERRORS)
 async def patch_model(
     model_id: ModelId, body: ModelPatch, orchestrator: OrchestratorDep, settings: SettingsDep
 ) -> ModelPublic:
@@ -87,7 +98,9 @@ async def patch_model(
     return await _replace(orchestrator, settings, {**current, **changes})
 
 
-@router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{model_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404, 409)
+)
 async def delete_model(
     model_id: ModelId,
     orchestrator: OrchestratorDep,

@@ -63,7 +63,9 @@ def systemd_run_argv(
     if request.cpu_quota:
         argv += ["-p", f"CPUQuota={request.cpu_quota}"]
     argv += [f"--setenv={name}={value}" for name, value in sorted(request.env.items())]
-    return [*argv, "--", *request.argv]
+    # systemd expands $VAR and ${VAR} in a unit's command line; $$ is a literal $, so every
+    # argument reaches the engine exactly as given.
+    return [*argv, "--", *(arg.replace("$", "$$") for arg in request.argv)]
 
 
 class SystemdLauncher:
