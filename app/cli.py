@@ -70,7 +70,14 @@ def _oom_scan(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpu-orchestrator", description=__doc__)
+    from app.client_cli import EXIT_CODES_HELP
+
+    parser = argparse.ArgumentParser(
+        prog="gpu-orchestrator",
+        description=__doc__,
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the control plane (uvicorn)")
