@@ -17,10 +17,12 @@ class HealthProbe(Protocol):
 
 class HttpHealthProbe:
     def __init__(self) -> None:
-        # No connection pooling across probes: an engine that restarts on the same port must
-        # not be judged on a stale keep-alive connection.
+        # Keep-alive saves a TCP handshake per probe (most of a probe's CPU). A connection left
+        # by an engine that restarted on the same port fails one probe, never a run: readiness
+        # retries at once, and `unhealthy` needs several failures in a row.
         self._client = httpx.AsyncClient(
-            limits=httpx.Limits(max_keepalive_connections=0), trust_env=False
+            limits=httpx.Limits(max_keepalive_connections=200, keepalive_expiry=30.0),
+            trust_env=False,
         )
 
     async def healthy(self, base_url: str, *, timeout_s: float) -> bool:

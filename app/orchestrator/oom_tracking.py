@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     from app.orchestrator.engine_run import RunContext
     from app.orchestrator.transitions import StatusWriter
 
-# Persist the offset at most this often when nothing notable was read.
-_OFFSET_SAVE_INTERVAL_S = 5.0
+# Persist the offset at most this often when nothing notable was read: re-reading a minute of
+# healthy lines after a restart is harmless, a commit per health-check access line is not.
+_OFFSET_SAVE_INTERVAL_S = 60.0
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,9 @@ def utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC)
 
 
-def _normalise_status(row: StatusRow) -> StatusRow:
+def _normalise_status(session: Session, row: StatusRow) -> StatusRow:
+    # Detach first: setting attributes on a row the session tracks would write it back.
+    session.expunge(row)
     row.since = utc(row.since) or row.since
     row.last_failure_at = utc(row.last_failure_at)
     row.next_attempt_at = utc(row.next_attempt_at)
@@ -74,12 +76,12 @@ def delete_model(*, session: Session, model_id: str) -> bool:
 
 def get_status(*, session: Session, model_id: str) -> StatusRow | None:
     row = session.get(StatusRow, model_id)
-    return None if row is None else _normalise_status(row)
+    return None if row is None else _normalise_status(session, row)
 
 
 def list_statuses(*, session: Session) -> list[StatusRow]:
     rows = session.exec(select(StatusRow).order_by(col(StatusRow.model_id))).all()
-    return [_normalise_status(row) for row in rows]
+    return [_normalise_status(session, row) for row in rows]
 
 
 def save_status(*, session: Session, status: StatusRow) -> None:
@@ -121,5 +123,6 @@ def list_events(*, session: Session, model_id: str, limit: int) -> list[EventRow
     rows = list(session.exec(query).all())
     rows.reverse()
     for row in rows:
+        session.expunge(row)
         row.at = utc(row.at) or row.at
     return rows
