@@ -204,9 +204,18 @@ def test_fake_engine_record_writes_argv_and_env_subset(tmp_path: Path) -> None:
     assert isinstance(argv, list)
     assert argv[argv.index("--max-model-len") + 1] == "4096"
     assert "sql-lora=/adapters/sql" in argv
-    assert recorded["env"] == {
+    recorded_env = recorded["env"]
+    assert isinstance(recorded_env, dict)
+    # The engine also inherits the test run's own GPU_ORCH_*/FAKE_* variables, if any.
+    assert {name: recorded_env.get(name) for name in env if name != "UNRELATED_SECRET"} == {
         name: value for name, value in env.items() if name != "UNRELATED_SECRET"
     }
+    assert "UNRELATED_SECRET" not in recorded_env
+    assert all(
+        name in ("VLLM_ADAPTER_PATHS", "CUDA_VISIBLE_DEVICES")
+        or name.startswith(("GPU_ORCH_", "FAKE_"))
+        for name in recorded_env
+    )
     assert recorded["pid"] == recorded["pgid"] == engine.pid
     assert list(tmp_path.iterdir()) == [record_path]  # the temporary file was renamed away
 
