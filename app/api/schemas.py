@@ -198,6 +198,13 @@ def status_public(status: StatusRow, *, engine_host: str) -> StatusPublic:
     )
 
 
+def model_public_data(spec: ModelSpec, status: StatusRow, *, engine_host: str) -> dict[str, Any]:
+    """ModelPublic as JSON-ready data, without building and re-validating the model."""
+    data = spec.model_dump(mode="json")
+    data["status"] = status_public(status, engine_host=engine_host).model_dump(mode="json")
+    return data
+
+
 def model_public(spec: ModelSpec, status: StatusRow, *, engine_host: str) -> ModelPublic:
     return ModelPublic(**spec.model_dump(), status=status_public(status, engine_host=engine_host))
 

@@ -46,6 +46,9 @@ class Orchestrator:
         self._stop_watching = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self._locks: dict[str, asyncio.Lock] = {}
+        # Specs change only through this object, so reads are served from memory; the store
+        # is written first, the cache after, under the model's lock.
+        self._specs: dict[str, ModelSpec] = {}
 
     # -- life of the service ----------------------------------------------------------------
     async def start(self, *extra_tasks: Callable[[], asyncio.Task[None]]) -> None:
@@ -53,7 +56,8 @@ class Orchestrator:
         watcher = self.ctx.log_watcher
         self._background.append(asyncio.create_task(watcher.run(self._stop_watching)))
         await watcher.wait_ready()
-        for spec in self.ctx.registry.specs():
+        self._specs = {spec.id: spec for spec in self.ctx.registry.specs()}
+        for spec in self._specs.values():
             self._spawn(spec.id).post(Adopt())
         for make_task in extra_tasks:
             self._background.append(make_task())
@@ -87,13 +91,13 @@ class Orchestrator:
 
     # -- registry ---------------------------------------------------------------------------
     def spec(self, model_id: str) -> ModelSpec:
-        spec = self.ctx.registry.spec(model_id)
+        spec = self._specs.get(model_id)
         if spec is None:
             raise ModelNotFoundError(model_id)
         return spec
 
     def specs(self) -> list[ModelSpec]:
-        return self.ctx.registry.specs()
+        return [self._specs[model_id] for model_id in sorted(self._specs)]
 
     def status(self, model_id: str) -> StatusRow:
         supervisor = self.supervisors.get(model_id)
@@ -105,11 +109,8 @@ class Orchestrator:
         return status
 
     def statuses(self) -> dict[str, StatusRow]:
-        found = self.ctx.registry.statuses()
-        for model_id, supervisor in self.supervisors.items():
-            if model_id in found:
-                found[model_id] = supervisor.writer.status
-        return found
+        """Each model's status as its supervisor holds it (the store's copy is the same)."""
+        return {model_id: sup.writer.status for model_id, sup in self.supervisors.items()}
 
     def events(self, model_id: str, *, limit: int) -> list[EventRow]:
         self.spec(model_id)
@@ -122,6 +123,7 @@ class Orchestrator:
     async def create_model(self, spec: ModelSpec, *, source: str = "api") -> None:
         async with self._lock(spec.id):
             self.ctx.registry.create(spec, source=source)
+            self._specs[spec.id] = spec
             self._spawn(spec.id)
 
     async def update_model(self, spec: ModelSpec, *, source: str = "api") -> bool:
@@ -143,19 +145,22 @@ class Orchestrator:
                     spec.id, state.value, "change " + ", ".join(sorted(changed))
                 )
             self.ctx.registry.update(spec, source=source)
+            self._specs[spec.id] = spec
             return True
 
     async def sync_model(self, spec: ModelSpec, *, source: str) -> str:
         """Create or update from a manifest; a running model is flagged, never restarted."""
         async with self._lock(spec.id):
-            current = self.ctx.registry.spec(spec.id)
+            current = self._specs.get(spec.id)
             if current is None:
                 self.ctx.registry.create(spec, source=source)
+                self._specs[spec.id] = spec
                 self._spawn(spec.id)
                 return "created"
             if current == spec:
                 return "unchanged"
             self.ctx.registry.update(spec, source=source)
+            self._specs[spec.id] = spec
             supervisor = self.supervisors.get(spec.id)
             if supervisor is not None and supervisor.writer.state not in AT_REST_STATES:
                 supervisor.writer.save(
@@ -179,6 +184,7 @@ class Orchestrator:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             self.ctx.registry.delete(model_id)
+            self._specs.pop(model_id, None)
 
     # -- lifecycle --------------------------------------------------------------------------
     async def command(
