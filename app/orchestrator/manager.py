@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 
 from app.orchestrator.engine_run import RunContext
-from app.orchestrator.messages import Adopt, CommandError, CommandKind, CommandResult
+from app.orchestrator.messages import Adopt, CommandKind, CommandResult
 from app.orchestrator.registry import AlreadyExistsError
 from app.orchestrator.spec import ModelSpec
 from app.orchestrator.states import AT_REST_STATES, ModelState
@@ -204,7 +204,3 @@ class Orchestrator:
             force=force,
         )
         return decision.to_dict()
-
-
-def error_of(result: CommandResult) -> CommandError | None:
-    return result.error

@@ -15,7 +15,6 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
-_SLUG = re.compile(SLUG_PATTERN)
 # systemd's MemoryMax=: bytes with an optional K/M/G/T/P/E suffix, a percentage, or "infinity".
 _MEMORY_MAX = re.compile(r"^(infinity|[0-9]+(\.[0-9]+)?[KMGTPE]?|[0-9]+(\.[0-9]+)?%)$")
 # systemd's CPUQuota=: a percentage, may exceed 100% on several cores.
@@ -248,10 +247,6 @@ class ModelSpec(ModelSpecBase):
 
     def adapter_name(self, path: str) -> str:
         return self.adapter_names.get(path) or PurePosixPath(path).name
-
-
-def is_slug(value: str) -> bool:
-    return bool(_SLUG.fullmatch(value))
 
 
 def spec_fields(spec: ModelSpec) -> dict[str, Any]:

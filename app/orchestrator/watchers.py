@@ -14,7 +14,6 @@ from app.orchestrator.messages import (
     EngineReady,
     HealthFailed,
     Message,
-    StableElapsed,
     StartTimedOut,
 )
 
@@ -87,7 +86,3 @@ async def after_delay(clock: Clock, delay_s: float, message: Message, post: Post
 
 def backoff_message(epoch: int) -> BackoffElapsed:
     return BackoffElapsed(epoch=epoch)
-
-
-def stable_message(generation: int) -> StableElapsed:
-    return StableElapsed(generation=generation)
