@@ -127,9 +127,8 @@ class Orchestrator:
             self._spawn(spec.id)
 
     async def update_model(self, spec: ModelSpec, *, source: str = "api") -> bool:
-        """Replace a spec. A running engine keeps its old spec: changes it reads at launch need
-        it stopped (ModelRunningError) unless `flag_running` semantics are asked by the caller.
-        """
+        """Replace a spec. Changes an engine reads at launch need it stopped (ModelRunningError);
+        restart_policy and start_timeout_s apply to a running engine at once."""
         async with self._lock(spec.id):
             current = self.spec(spec.id)
             changed = {
