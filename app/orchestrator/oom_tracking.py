@@ -39,6 +39,7 @@ class OomTracker:
             ctx.log_path(model_id), offset=status.log_offset, inode=status.log_inode
         )
         self._saved_at = ctx.clock.monotonic()
+        self._saved = (status.log_offset, status.log_inode)
 
     def read(self, *, run_token: str | None) -> OomFound | None:
         """Read what was appended; return the first OOM of the current run not yet counted."""
@@ -50,6 +51,9 @@ class OomTracker:
             if self.writer.status.notes.get("oom_counted_token") == run_token:
                 continue
             found = OomFound(kind=FailureKind(match.kind.value), evidence=match.evidence)
+        # Kept in the status in memory, so any status change persists it too.
+        status = self.writer.status
+        status.log_offset, status.log_inode = self.follower.offset, self.follower.inode
         if found is not None:
             self._count(found, run_token)
         elif self._offset_changed() and self._save_due():
@@ -67,20 +71,21 @@ class OomTracker:
             },
             ooms_total=status.ooms_total + 1,
             notes={**status.notes, "oom_counted_token": run_token},
-            log_offset=self.follower.offset,
-            log_inode=self.follower.inode,
         )
-        self._saved_at = self.ctx.clock.monotonic()
+        self._mark_saved()
 
     def _offset_changed(self) -> bool:
-        status = self.writer.status
-        return (status.log_offset, status.log_inode) != (self.follower.offset, self.follower.inode)
+        return self._saved != (self.follower.offset, self.follower.inode)
 
     def _save_due(self) -> bool:
         return self.ctx.clock.monotonic() - self._saved_at >= _OFFSET_SAVE_INTERVAL_S
 
     def _save_offset(self) -> None:
-        self.writer.save(log_offset=self.follower.offset, log_inode=self.follower.inode)
+        self.writer.save()
+        self._mark_saved()
+
+    def _mark_saved(self) -> None:
+        self._saved = (self.follower.offset, self.follower.inode)
         self._saved_at = self.ctx.clock.monotonic()
 
     def flush(self) -> None:
