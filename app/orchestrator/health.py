@@ -16,21 +16,39 @@ class HealthProbe(Protocol):
 
 
 class HttpHealthProbe:
+    """One small keep-alive client per engine URL.
+
+    Keep-alive saves a TCP handshake per probe; one client per engine (not one shared pool)
+    because httpcore scans its whole pool on every request, which made a probe's cost grow with
+    the number of engines (bench/scale.py). A failed probe drops that engine's client, so an
+    engine restarted on the same port is never judged on a stale connection twice.
+    """
+
     def __init__(self) -> None:
-        # Keep-alive saves a TCP handshake per probe (most of a probe's CPU). A connection left
-        # by an engine that restarted on the same port fails one probe, never a run: readiness
-        # retries at once, and `unhealthy` needs several failures in a row.
-        self._client = httpx.AsyncClient(
-            limits=httpx.Limits(max_keepalive_connections=200, keepalive_expiry=30.0),
-            trust_env=False,
-        )
+        self._clients: dict[str, httpx.AsyncClient] = {}
+
+    def _client(self, base_url: str) -> httpx.AsyncClient:
+        client = self._clients.get(base_url)
+        if client is None:
+            client = httpx.AsyncClient(
+                base_url=base_url,
+                limits=httpx.Limits(max_connections=1, keepalive_expiry=30.0),
+                trust_env=False,
+            )
+            self._clients[base_url] = client
+        return client
 
     async def healthy(self, base_url: str, *, timeout_s: float) -> bool:
         try:
-            response = await self._client.get(f"{base_url}/health", timeout=timeout_s)
+            response = await self._client(base_url).get("/health", timeout=timeout_s)
         except httpx.HTTPError:
+            client = self._clients.pop(base_url, None)
+            if client is not None:
+                await client.aclose()
             return False
         return response.status_code == 200
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
