@@ -34,6 +34,7 @@ from app.orchestrator.messages import (
 )
 from app.orchestrator.oom_tracking import OomTracker
 from app.orchestrator.policy import Degrade, decide_after_failure, failure_message
+from app.orchestrator.run_watch import watch_run
 from app.orchestrator.states import DesiredState, FailureKind, ModelState
 from app.orchestrator.transitions import StatusWriter
 
@@ -201,46 +202,7 @@ class Supervisor:
         return None
 
     def _watch(self, run: EngineRun, *, ready: bool, deadline: float | None = None) -> None:
-        """Start the watchers of a run: its exit, then readiness or health."""
-        ctx, settings = self.ctx, self.ctx.settings
-        run.spawn(watchers.watch_exit(ctx.launcher, run.handle, run.generation, self.post))
-        if ready:
-            self._watch_health(run)
-            return
-        timeout_s = ctx.start_timeout_s(self.model_id)
-        run.spawn(
-            watchers.await_ready(
-                ctx.health,
-                ctx.clock,
-                base_url=run.base_url,
-                deadline=deadline if deadline is not None else ctx.clock.monotonic() + timeout_s,
-                interval_min_s=settings.readiness_interval_min_s,
-                interval_max_s=settings.readiness_interval_max_s,
-                generation=run.generation,
-                post=self.post,
-            )
-        )
-
-    def _watch_health(self, run: EngineRun) -> None:
-        settings = self.ctx.settings
-        run.spawn(
-            watchers.watch_health(
-                self.ctx.health,
-                self.ctx.clock,
-                base_url=run.base_url,
-                interval_s=settings.health_interval_s,
-                timeout_s=settings.health_timeout_s,
-                failures_allowed=settings.health_failures,
-                generation=run.generation,
-                post=self.post,
-            )
-        )
-        stable_s = self.ctx.policy(self.model_id).stable_after_s
-        run.spawn(
-            watchers.after_delay(
-                self.ctx.clock, stable_s, StableElapsed(generation=run.generation), self.post
-            )
-        )
+        watch_run(self.ctx, run, self.post, model_id=self.model_id, ready=ready, deadline=deadline)
 
     def _on_ready(self) -> None:
         run = self.run
