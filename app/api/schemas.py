@@ -200,13 +200,9 @@ def status_public(status: StatusRow, *, engine_host: str) -> StatusPublic:
 
 def model_public_data(spec: ModelSpec, status: StatusRow, *, engine_host: str) -> dict[str, Any]:
     """ModelPublic as JSON-ready data, without building and re-validating the model."""
-    data = spec.model_dump(mode="json")
+    data = {"id": spec.id, **spec.model_dump(mode="json")}  # the id first, for people reading
     data["status"] = status_public(status, engine_host=engine_host).model_dump(mode="json")
     return data
-
-
-def model_public(spec: ModelSpec, status: StatusRow, *, engine_host: str) -> ModelPublic:
-    return ModelPublic(**spec.model_dump(), status=status_public(status, engine_host=engine_host))
 
 
 def event_public(row: EventRow) -> EventPublic:

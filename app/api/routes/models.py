@@ -16,7 +16,6 @@ from app.api.schemas import (
     ModelPublic,
     ModelReplace,
     error_responses,
-    model_public,
     model_public_data,
 )
 from app.orchestrator.spec import SLUG_PATTERN, ModelSpec
@@ -25,12 +24,19 @@ router = APIRouter(prefix="/models", tags=["models"], responses=error_responses(
 ModelId = Annotated[str, Path(pattern=SLUG_PATTERN, description="The model's id (a slug).")]
 
 
-def _public(orchestrator: OrchestratorDep, settings: SettingsDep, model_id: str) -> ModelPublic:
-    return model_public(
-        orchestrator.spec(model_id),
-        orchestrator.status(model_id),
-        engine_host=settings.engine_host,
+def _public(
+    orchestrator: OrchestratorDep,
+    settings: SettingsDep,
+    model_id: str,
+    *,
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """A model as GET /models/{id} shows it (the ModelPublic schema), serialised once."""
+    data = model_public_data(
+        orchestrator.spec(model_id), orchestrator.status(model_id), engine_host=settings.engine_host
     )
+    return JSONResponse(data, status_code=status_code, headers=headers)
 
 
 @router.post(
@@ -40,12 +46,12 @@ def _public(orchestrator: OrchestratorDep, settings: SettingsDep, model_id: str)
     responses=error_responses(400, 409, 413),
 )
 async def create_model(
-    body: ModelCreate, orchestrator: OrchestratorDep, settings: SettingsDep, response: Response
-) -> ModelPublic:
+    body: ModelCreate, orchestrator: OrchestratorDep, settings: SettingsDep
+) -> Response:
     spec = ModelSpec.model_validate(body.model_dump())
     await orchestrator.create_model(spec)
-    response.headers["Location"] = f"/models/{spec.id}"
-    return _public(orchestrator, settings, spec.id)
+    location = {"Location": f"/models/{spec.id}"}
+    return _public(orchestrator, settings, spec.id, status_code=201, headers=location)
 
 
 @router.get("", response_model=list[ModelPublic])
@@ -64,13 +70,13 @@ async def list_models(orchestrator: OrchestratorDep, settings: SettingsDep) -> R
 @router.get("/{model_id}", response_model=ModelPublic, responses=error_responses(404))
 async def get_model(
     model_id: ModelId, orchestrator: OrchestratorDep, settings: SettingsDep
-) -> ModelPublic:
+) -> Response:
     return _public(orchestrator, settings, model_id)
 
 
 async def _replace(
     orchestrator: OrchestratorDep, settings: SettingsDep, fields: dict[str, Any]
-) -> ModelPublic:
+) -> Response:
     try:
         spec = ModelSpec.model_validate(fields)
     except ValidationError as error:
@@ -89,7 +95,7 @@ _CHANGE_ERRORS = error_responses(400, 404, 409, 413)
 @router.put("/{model_id}", response_model=ModelPublic, responses=_CHANGE_ERRORS)
 async def replace_model(
     model_id: ModelId, body: ModelReplace, orchestrator: OrchestratorDep, settings: SettingsDep
-) -> ModelPublic:
+) -> Response:
     orchestrator.spec(model_id)
     return await _replace(orchestrator, settings, {**body.model_dump(), "id": model_id})
 
@@ -97,7 +103,7 @@ async def replace_model(
 @router.patch("/{model_id}", response_model=ModelPublic, responses=_CHANGE_ERRORS)
 async def patch_model(
     model_id: ModelId, body: ModelPatch, orchestrator: OrchestratorDep, settings: SettingsDep
-) -> ModelPublic:
+) -> Response:
     current = orchestrator.spec(model_id).model_dump()
     changes = body.model_dump(exclude_unset=True)
     return await _replace(orchestrator, settings, {**current, **changes})
