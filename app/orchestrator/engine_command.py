@@ -9,7 +9,9 @@ from app.orchestrator.lora import Adapter, lora_flags
 from app.orchestrator.spec import ModelSpec
 
 # The engine starts from a clean environment plus these, never the orchestrator's whole one
-# (its API token and settings must not leak into engines).
+# (its API token and settings must not leak into engines). They come from the operator's own
+# environment (the unit file, the container image), not from API input: the image's
+# LD_LIBRARY_PATH is how vLLM finds CUDA there, while a spec's env may not set it.
 INHERITED_ENV = (
     "PATH",
     "HOME",
@@ -18,8 +20,15 @@ INHERITED_ENV = (
     "LC_ALL",
     "TZ",
     "TMPDIR",
-    "HF_HOME",
     "XDG_RUNTIME_DIR",
+    "LD_LIBRARY_PATH",
+    "CUDA_HOME",
+    "NVIDIA_VISIBLE_DEVICES",
+    "NVIDIA_DRIVER_CAPABILITIES",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HF_HUB_OFFLINE",
+    "VLLM_CACHE_ROOT",
 )
 
 

@@ -22,7 +22,12 @@ def _command(
         host="127.0.0.1",
         port=8123,
         adapters=adapters,
-        parent_env={"PATH": "/usr/bin", "GPU_ORCH_API_TOKEN": "secret", "HOME": "/root"},
+        parent_env={
+            "PATH": "/usr/bin",
+            "GPU_ORCH_API_TOKEN": "secret",
+            "HOME": "/root",
+            "LD_LIBRARY_PATH": "/usr/local/nvidia/lib64",
+        },
         engine_env={"HF_HUB_OFFLINE": "1"},
         gpu_ids=(1, 3),
         launch_token="tok",
@@ -69,6 +74,7 @@ def test_engine_command_env_is_clean_base_plus_spec_and_owned() -> None:
     argv, env = _command(spec, adapters)
     assert "GPU_ORCH_API_TOKEN" not in env  # the orchestrator's secrets never reach engines
     assert env["PATH"] == "/usr/bin" and env["HF_HUB_OFFLINE"] == "1"
+    assert env["LD_LIBRARY_PATH"] == "/usr/local/nvidia/lib64"  # the operator's, for CUDA
     assert env["VLLM_LOGGING_LEVEL"] == "DEBUG"
     assert env["VLLM_ADAPTER_PATHS"] == "/s/a:/s/b"
     assert env["CUDA_VISIBLE_DEVICES"] == "1,3" and env["GPU_ORCH_LAUNCH_TOKEN"] == "tok"
