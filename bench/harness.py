@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -23,7 +22,8 @@ from typing import Any
 import httpx
 import psutil
 
-from tests.fakes import fake_engine_command, free_port
+from tests.fakes import free_port
+from tests.lifecycle.orchestrator_process import orchestrator_env as test_orchestrator_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_ID_ENV = "BENCH_RUN_ID"
@@ -143,20 +143,13 @@ def fake_spec(model_id: str, **fields: Any) -> dict[str, Any]:
 def orchestrator_env(
     state_dir: Path, run_id: str, engine_env: Mapping[str, str] | None = None, **extra: str
 ) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("GPU_ORCH_")}
-    env.update(
-        GPU_ORCH_STATE_DIR=str(state_dir),
-        GPU_ORCH_CONFIG_DIR=str(state_dir / "config"),
-        GPU_ORCH_GPU_BACKEND="simulated",
-        GPU_ORCH_SIMULATED_GPUS="81920,81920",
-        GPU_ORCH_LAUNCHER="subprocess",
-        GPU_ORCH_VLLM_COMMAND=shlex.join(fake_engine_command()),
+    """The tests' orchestrator environment, with this run's id on every engine it starts."""
+    return test_orchestrator_env(
+        state_dir,
         GPU_ORCH_ENGINE_ENV=json.dumps({**(engine_env or {}), RUN_ID_ENV: run_id}),
         GPU_ORCH_STOP_GRACE_S="10",
-        GPU_ORCH_MONITOR_INTERVAL_S="3600",
+        **extra,
     )
-    env.update(extra)
-    return env
 
 
 @contextmanager
