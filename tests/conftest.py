@@ -65,6 +65,23 @@ async def client(make_settings: MakeSettings) -> AsyncIterator[httpx.AsyncClient
         yield http
 
 
+def live_engines_of(marker: str | Path) -> list[int]:
+    """Live engine main processes started with GPU_ORCH_TEST_RUN=marker."""
+    found = []
+    for process in psutil.process_iter(["pid", "status"]):
+        try:
+            if process.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            environ = process.environ()
+            if environ.get(TEST_MARKER) != str(marker) or "GPU_ORCH_LAUNCH_TOKEN" not in environ:
+                continue
+            if os.getpgid(process.pid) == process.pid:  # a group leader: an engine, not its child
+                found.append(process.pid)
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return found
+
+
 def kill_engines_of(root: str | Path) -> int:
     """Test hygiene: SIGKILL every engine group of a test: started with GPU_ORCH_TEST_RUN set
     to `root` or a parent of it, or writing its log under `root`."""

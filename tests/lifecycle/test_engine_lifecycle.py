@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import psutil
 
-from tests.conftest import MakeSettings, running_app
+from tests.conftest import MakeSettings, live_engines_of, running_app
 from tests.lifecycle.helpers import group_alive, wait_state, wait_status
 
 
@@ -23,7 +23,7 @@ def spec(model_id: str = "tiny", *fake_flags: str, **fields: Any) -> dict[str, A
 
 
 async def test_lifecycle_start_becomes_running_and_stop_leaves_no_process(
-    make_settings: MakeSettings,
+    make_settings: MakeSettings, tmp_path: Path
 ) -> None:
     async with running_app(make_settings()) as (_app, client):
         await client.post("/models", json=spec("tiny", "--ready-delay-s", "0.3", "--fork-child"))
@@ -36,6 +36,7 @@ async def test_lifecycle_start_becomes_running_and_stop_leaves_no_process(
         models = httpx.get(f"{status['base_url']}/v1/models", timeout=5).json()
         assert [item["id"] for item in models["data"]] == ["tiny"]
         assert len(group_alive(pid)) == 2  # the engine and its forked child
+        assert live_engines_of(tmp_path) == [pid]
         again = await client.post("/models/tiny/start")
         assert again.status_code == 200 and again.json()["pid"] == pid
         stopped = await client.post("/models/tiny/stop")
