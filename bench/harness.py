@@ -144,12 +144,12 @@ def orchestrator_env(
     state_dir: Path, run_id: str, engine_env: Mapping[str, str] | None = None, **extra: str
 ) -> dict[str, str]:
     """The tests' orchestrator environment, with this run's id on every engine it starts."""
-    return test_orchestrator_env(
-        state_dir,
-        GPU_ORCH_ENGINE_ENV=json.dumps({**(engine_env or {}), RUN_ID_ENV: run_id}),
-        GPU_ORCH_STOP_GRACE_S="10",
+    overrides = {
+        "GPU_ORCH_STOP_GRACE_S": "10",
         **extra,
-    )
+        "GPU_ORCH_ENGINE_ENV": json.dumps({**(engine_env or {}), RUN_ID_ENV: run_id}),
+    }
+    return test_orchestrator_env(state_dir, **overrides)
 
 
 @contextmanager
