@@ -168,41 +168,46 @@ class CanStartPublic(BaseModel):
     gpus: list[dict[str, int]]
 
 
-def status_public(status: StatusRow, *, engine_host: str) -> StatusPublic:
+def status_data(status: StatusRow, *, engine_host: str) -> dict[str, Any]:
+    """StatusPublic as JSON-ready data (the list route builds hundreds of these)."""
     failure = None
     if status.last_failure_kind:
-        failure = LastFailure(
-            kind=status.last_failure_kind,
-            message=status.last_failure_message or "",
-            at=iso_ms(status.last_failure_at) if status.last_failure_at else None,
-        )
+        failure = {
+            "kind": status.last_failure_kind,
+            "message": status.last_failure_message or "",
+            "at": iso_ms(status.last_failure_at) if status.last_failure_at else None,
+        }
     running = status.state in ("starting", "running", "stopping")
-    return StatusPublic(
-        state=status.state,
-        desired_state=status.desired_state,
-        pid=status.pid,
-        port=status.port if running else None,
-        base_url=f"http://{engine_host}:{status.port}" if running and status.port else None,
-        gpu_ids=list(status.gpu_ids) if running else [],
-        launcher=status.launcher,
-        unit_name=status.unit_name,
-        limits_enforced=status.limits_enforced,
-        restarts_total=status.restarts_total,
-        ooms_total=status.ooms_total,
-        consecutive_failures=status.consecutive_failures,
-        last_failure=failure,
-        next_attempt_at=iso_ms(status.next_attempt_at) if status.next_attempt_at else None,
-        restart_needed=status.restart_needed,
-        since=iso_ms(status.since),
-        notes={k: v for k, v in status.notes.items() if k != "oom_counted_token"},
-    )
+    return {
+        "state": status.state,
+        "desired_state": status.desired_state,
+        "pid": status.pid,
+        "port": status.port if running else None,
+        "base_url": f"http://{engine_host}:{status.port}" if running and status.port else None,
+        "gpu_ids": list(status.gpu_ids) if running else [],
+        "launcher": status.launcher,
+        "unit_name": status.unit_name,
+        "limits_enforced": status.limits_enforced,
+        "restarts_total": status.restarts_total,
+        "ooms_total": status.ooms_total,
+        "consecutive_failures": status.consecutive_failures,
+        "last_failure": failure,
+        "next_attempt_at": iso_ms(status.next_attempt_at) if status.next_attempt_at else None,
+        "restart_needed": status.restart_needed,
+        "since": iso_ms(status.since),
+        "notes": {k: v for k, v in status.notes.items() if k != "oom_counted_token"},
+    }
 
 
-def model_public_data(spec: ModelSpec, status: StatusRow, *, engine_host: str) -> dict[str, Any]:
-    """ModelPublic as JSON-ready data, without building and re-validating the model."""
-    data = {"id": spec.id, **spec.model_dump(mode="json")}  # the id first, for people reading
-    data["status"] = status_public(status, engine_host=engine_host).model_dump(mode="json")
-    return data
+def status_public(status: StatusRow, *, engine_host: str) -> StatusPublic:
+    return StatusPublic.model_validate(status_data(status, engine_host=engine_host))
+
+
+def model_public_data(
+    spec_data: dict[str, Any], status: StatusRow, *, engine_host: str
+) -> dict[str, Any]:
+    """ModelPublic as JSON-ready data: the spec's (cached) JSON and its status."""
+    return {**spec_data, "status": status_data(status, engine_host=engine_host)}
 
 
 def event_public(row: EventRow) -> EventPublic:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from app.orchestrator.engine_run import RunContext
 from app.orchestrator.messages import Adopt, CommandKind, CommandResult
@@ -49,6 +50,7 @@ class Orchestrator:
         # Specs change only through this object, so reads are served from memory; the store
         # is written first, the cache after, under the model's lock.
         self._specs: dict[str, ModelSpec] = {}
+        self._spec_data: dict[str, dict[str, Any]] = {}
 
     # -- life of the service ----------------------------------------------------------------
     async def start(self, *extra_tasks: Callable[[], asyncio.Task[None]]) -> None:
@@ -99,6 +101,19 @@ class Orchestrator:
     def specs(self) -> list[ModelSpec]:
         return [self._specs[model_id] for model_id in sorted(self._specs)]
 
+    def spec_data(self, model_id: str) -> dict[str, Any]:
+        """The spec as JSON-ready data, id first; built once per change, not per request."""
+        data = self._spec_data.get(model_id)
+        if data is None:
+            spec = self.spec(model_id)
+            data = {"id": spec.id, **spec.model_dump(mode="json")}
+            self._spec_data[model_id] = data
+        return data
+
+    def _remember(self, spec: ModelSpec) -> None:
+        self._specs[spec.id] = spec
+        self._spec_data.pop(spec.id, None)
+
     def status(self, model_id: str) -> StatusRow:
         supervisor = self.supervisors.get(model_id)
         if supervisor is not None:
@@ -123,7 +138,7 @@ class Orchestrator:
     async def create_model(self, spec: ModelSpec, *, source: str = "api") -> None:
         async with self._lock(spec.id):
             self.ctx.registry.create(spec, source=source)
-            self._specs[spec.id] = spec
+            self._remember(spec)
             self._spawn(spec.id)
 
     async def update_model(self, spec: ModelSpec, *, source: str = "api") -> bool:
@@ -144,7 +159,7 @@ class Orchestrator:
                     spec.id, state.value, "change " + ", ".join(sorted(changed))
                 )
             self.ctx.registry.update(spec, source=source)
-            self._specs[spec.id] = spec
+            self._remember(spec)
             return True
 
     async def sync_model(self, spec: ModelSpec, *, source: str) -> str:
@@ -153,13 +168,13 @@ class Orchestrator:
             current = self._specs.get(spec.id)
             if current is None:
                 self.ctx.registry.create(spec, source=source)
-                self._specs[spec.id] = spec
+                self._remember(spec)
                 self._spawn(spec.id)
                 return "created"
             if current == spec:
                 return "unchanged"
             self.ctx.registry.update(spec, source=source)
-            self._specs[spec.id] = spec
+            self._remember(spec)
             supervisor = self.supervisors.get(spec.id)
             if supervisor is not None and supervisor.writer.state not in AT_REST_STATES:
                 supervisor.writer.save(
@@ -184,6 +199,7 @@ class Orchestrator:
                     await task
             self.ctx.registry.delete(model_id)
             self._specs.pop(model_id, None)
+            self._spec_data.pop(model_id, None)
 
     # -- lifecycle --------------------------------------------------------------------------
     async def command(

@@ -34,7 +34,9 @@ def _public(
 ) -> Response:
     """A model as GET /models/{id} shows it (the ModelPublic schema), serialised once."""
     data = model_public_data(
-        orchestrator.spec(model_id), orchestrator.status(model_id), engine_host=settings.engine_host
+        orchestrator.spec_data(model_id),
+        orchestrator.status(model_id),
+        engine_host=settings.engine_host,
     )
     return JSONResponse(data, status_code=status_code, headers=headers)
 
@@ -60,7 +62,9 @@ async def list_models(orchestrator: OrchestratorDep, settings: SettingsDep) -> R
     validating a list of hundreds twice per request cost most of this route's time."""
     statuses = orchestrator.statuses()
     payload = [
-        model_public_data(spec, statuses[spec.id], engine_host=settings.engine_host)
+        model_public_data(
+            orchestrator.spec_data(spec.id), statuses[spec.id], engine_host=settings.engine_host
+        )
         for spec in orchestrator.specs()
         if spec.id in statuses
     ]
