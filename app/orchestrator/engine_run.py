@@ -16,7 +16,7 @@ from typing import Any
 
 from app.orchestrator.clock import Clock
 from app.orchestrator.engine_command import build_engine_command
-from app.orchestrator.gpu.headroom import GpuAllocator
+from app.orchestrator.gpu.headroom import GpuAllocator, HeadroomDecision
 from app.orchestrator.gpu.probe import GpuProbe
 from app.orchestrator.health import HealthProbe
 from app.orchestrator.launchers.base import EngineHandle, Launcher, LaunchError, LaunchRequest
@@ -96,8 +96,10 @@ class EngineRun:
         self.tasks.clear()
 
 
-def _refusal(decision: Any) -> CommandError:
-    return CommandError(code=decision.code, message=decision.reason, figures=decision.to_dict())
+def _refusal(decision: HeadroomDecision) -> CommandError:
+    # A refused decision always carries its code; the fallback only satisfies the type.
+    code = decision.code or "insufficient_gpu_memory"
+    return CommandError(code=code, message=decision.reason, figures=decision.to_dict())
 
 
 async def launch_engine(

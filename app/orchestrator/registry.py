@@ -81,10 +81,6 @@ class Registry:
         row = self._run(lambda session: repository.get_model(session=session, model_id=model_id))
         return None if row is None else spec_from_row(row)
 
-    def source(self, model_id: str) -> str | None:
-        row = self._run(lambda session: repository.get_model(session=session, model_id=model_id))
-        return None if row is None else row.source
-
     def specs(self) -> list[ModelSpec]:
         rows = self._run(lambda session: repository.list_models(session=session))
         return [spec_from_row(row) for row in rows]

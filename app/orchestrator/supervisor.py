@@ -8,12 +8,12 @@ report about an ended run (an old generation) is dropped instead of acting on th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Coroutine
 from typing import Any
 
 from app.orchestrator import watchers
+from app.orchestrator.adoption import adopt
 from app.orchestrator.engine_run import EngineRun, RunContext, launch_engine
 from app.orchestrator.launchers import process
 from app.orchestrator.launchers.base import EngineHandle
@@ -299,8 +299,6 @@ class Supervisor:
 
     # -- adoption after an orchestrator restart -------------------------------------------
     async def _adopt(self) -> None:
-        from app.orchestrator.adoption import adopt
-
         await adopt(self)
 
     # -- tasks ----------------------------------------------------------------------------
@@ -321,8 +319,7 @@ class Supervisor:
         self.closed = True
         self._cancel_run_tasks()
         self._cancel_timers()
-        with contextlib.suppress(asyncio.QueueFull):
-            self.inbox.put_nowait(LogGrew())
+        self.inbox.put_nowait(LogGrew())  # wakes the loop, which then sees `closed`
 
 
 _FAILURE_KINDS = {kind.value: kind for kind in FailureKind}

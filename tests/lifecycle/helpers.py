@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-import psutil
 
 
 async def wait_status(
@@ -37,21 +36,6 @@ async def wait_state(
     return await wait_status(
         client, model_id, lambda status: status["state"] == state, timeout_s=timeout_s, what=state
     )
-
-
-def engines_with_token() -> list[psutil.Process]:
-    """Engine main processes started by an orchestrator (they carry a launch token)."""
-    found = []
-    for process in psutil.process_iter(["pid"]):
-        try:
-            if "GPU_ORCH_LAUNCH_TOKEN" in process.environ() and process.pid == process.pid:
-                import os
-
-                if os.getpgid(process.pid) == process.pid:
-                    found.append(process)
-        except (psutil.Error, ProcessLookupError):
-            continue
-    return found
 
 
 def group_alive(pgid: int) -> list[int]:
