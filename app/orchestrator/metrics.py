@@ -1,15 +1,20 @@
 """Prometheus metrics, one registry per app instance (so tests can build many apps).
 
 gpu_orchestrator_vllm_status encodes the observed state: see STATUS_CODES in states.py.
+
+Counters are exposed without their `_created` series: it doubles the series count of every
+counter (and histogram) and no dashboard or alert reads it. prometheus_client decides that for
+the whole process, at each scrape, so it is switched off here, before any registry is read.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client: untyped
         self.registry = registry or CollectorRegistry()
         self.vllm_restarts_total = Counter(
             "gpu_orchestrator_vllm_restarts",

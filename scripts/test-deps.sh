@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# System packages the test suite needs, installed only when missing (idempotent): `apt-get update`
+# runs only when something must be installed. Each entry is "command-or-path package".
+#
+#   /usr/bin/chromium  chromium    the console and offline-docs tests drive Debian's Chromium
+#   promtool           prometheus  `promtool check rules|metrics` on deploy/prometheus and /metrics
+#
+# Run as root (CI and the development machines are); elsewhere it says what to install.
+set -euo pipefail
+
+REQUIREMENTS=(
+  "/usr/bin/chromium chromium"
+  "promtool prometheus"
+)
+
+missing=()
+for requirement in "${REQUIREMENTS[@]}"; do
+  read -r probe package <<<"$requirement"
+  if [[ "$probe" == /* ]]; then
+    [[ -x "$probe" ]] && continue
+  else
+    command -v "$probe" >/dev/null 2>&1 && continue
+  fi
+  missing+=("$package")
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+  exit 0
+fi
+
+if [[ "$(id -u)" -ne 0 ]]; then
+  echo "test-deps: missing ${missing[*]}; install them: sudo apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+
+echo "test-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
