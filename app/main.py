@@ -9,13 +9,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from app.api.body_limit import BodyLimitMiddleware
 from app.api.deps import ServicesDep, require_token
 from app.api.errors import install_error_handlers
-from app.api.routes import gpus, lifecycle, manifests, models, system
+from app.api.routes import docs, events, gpus, lifecycle, manifests, models, system, ui
+from app.orchestrator.event_bus import EventBus
 from app.orchestrator.wiring import Overrides, build_services
 from app.settings import Settings, load_settings
 
@@ -23,7 +25,13 @@ DESCRIPTION = """
 Keeps vLLM model servers running on a GPU node: a registry of model specs, start/stop/restart
 with GPU headroom checks, OOM-aware supervision with bounded restarts, and Prometheus metrics.
 With `GPU_ORCH_API_TOKEN` set, use the Authorize button with that token.
+
+Also here: the operator console at [/ui](/ui), live events as Server-Sent Events at `GET /events`
+(`?model=ID`, `Last-Event-ID` to resume; `curl -N`), and this API as [ReDoc](/redoc).
 """
+# Long-lived streams and static pages would only blur the HTTP metrics of the API itself
+# (regular expressions, searched in the route's path).
+_UNMEASURED = ["/metrics", "/healthz", "/readyz", "^/events$", "^/$", "^/ui", "^/docs", "^/redoc$"]
 
 
 def create_app(settings: Settings | None = None, overrides: Overrides | None = None) -> FastAPI:
@@ -46,8 +54,12 @@ def create_app(settings: Settings | None = None, overrides: Overrides | None = N
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Served from packaged assets by app/api/routes/docs.py: FastAPI's pages use a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
+    app.state.event_bus = EventBus()
     install_error_handlers(app)
     protected = [Depends(require_token)]
     app.include_router(system.router)
@@ -55,13 +67,18 @@ def create_app(settings: Settings | None = None, overrides: Overrides | None = N
     app.include_router(lifecycle.router, dependencies=protected)
     app.include_router(gpus.router, dependencies=protected)
     app.include_router(manifests.router, dependencies=protected)
+    app.include_router(events.router, dependencies=protected)
+    app.include_router(docs.router)
+    app.mount(docs.ASSETS_URL, StaticFiles(directory=docs.ASSETS_DIR), name="docs-assets")
+    app.include_router(ui.router)
+    app.mount(ui.ASSETS_URL, StaticFiles(directory=ui.CONSOLE_DIR), name="console-assets")
     _install_metrics(app, settings)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     return app
 
 
 def _install_metrics(app: FastAPI, settings: Settings) -> None:
-    instrumentator = Instrumentator(excluded_handlers=["/metrics", "/healthz", "/readyz"])
+    instrumentator = Instrumentator(excluded_handlers=_UNMEASURED)
     app.state.instrumentator = instrumentator
     instrumentator.instrument(app)
     metrics_dependencies = [] if settings.metrics_public else [Depends(require_token)]
