@@ -1,6 +1,6 @@
-"""The runbook half of the CLI: `models ...`, `gpus` and `agents` talk to a running service over
-HTTP. Errors are one line on stderr (the API's code and message), never a traceback, and the exit
-code says what happened (see EXIT_CODES_HELP)."""
+"""The runbook half of the CLI: `models ...`, `gpus`, `agents` and `events` talk to a running
+service over HTTP. Errors are one line on stderr (the API's code and message), never a traceback,
+and the exit code says what happened (see EXIT_CODES_HELP)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 import yaml
 
-from app import client_format
+from app import client_events, client_format
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -27,6 +28,8 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT_S = 60.0  # a stop waits for the engine's SIGTERM grace (30 s by default)
 DEFAULT_WAIT_TIMEOUT_S = 900.0  # the service's own default start timeout
 POLL_INTERVAL_S = 0.5
+# The service pings an idle event stream every 15 s; three missed pings mean a dead connection.
+STREAM_READ_TIMEOUT_S = 45.0
 FAILED_STATES = client_format.FAILED_STATES
 
 EXIT_CODES_HELP = f"""\
@@ -117,6 +120,32 @@ class ApiClient:
         if response.status_code >= 400:
             raise CliFailure(client_format.api_error_message(response))
         return response
+
+    @contextmanager
+    def stream_lines(
+        self, path: str, *, params: dict[str, Any] | None = None, headers: dict[str, str]
+    ) -> Iterator[Iterator[str]]:
+        """The lines of a streamed GET. An error status is a CliFailure; a connection that
+        fails or breaks (also while the lines are read) is client_events.StreamLost."""
+        timeout = httpx.Timeout(self._timeout_s, read=STREAM_READ_TIMEOUT_S)
+        try:
+            with self._http.stream(
+                "GET", path, params=params, headers=headers, timeout=timeout
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    if response.status_code == 401:
+                        raise CliFailure(self._unauthorized())
+                    raise CliFailure(client_format.api_error_message(response))
+                yield response.iter_lines()
+        except httpx.TimeoutException:
+            raise client_events.StreamLost(
+                f"{self.base_url} sent nothing on {path} for {STREAM_READ_TIMEOUT_S:g} s"
+            ) from None
+        except httpx.HTTPError as error:
+            raise client_events.StreamLost(
+                f"lost the connection to {self.base_url}: {error or type(error).__name__}"
+            ) from None
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.request(method, path, **kwargs)
@@ -250,9 +279,11 @@ def _models_delete(args: argparse.Namespace, client: ApiClient, _clock: WaitCloc
 
 def _lifecycle(command: str) -> Action:
     def action(args: argparse.Namespace, client: ApiClient, clock: WaitClock) -> int:
-        params = {"force": "true"} if getattr(args, "force", False) else None
-        status = client.json("POST", f"/models/{args.id}/{command}", params=params)
-        if not getattr(args, "wait", False):
+        params = {"force": "true"} if getattr(args, "force", False) else {}
+        if command == "stop" and getattr(args, "wait", False):
+            params["wait"] = "true"  # the service answers once the engine is stopped
+        status = client.json("POST", f"/models/{args.id}/{command}", params=params or None)
+        if command == "stop" or not getattr(args, "wait", False):
             emit(args, status, client_format.status_line(args.id, status))
             return EXIT_OK
         # With --json the progress goes to stderr so stdout stays one JSON document.
@@ -298,6 +329,56 @@ def _agents(args: argparse.Namespace, client: ApiClient, _clock: WaitClock) -> i
     return EXIT_OK
 
 
+def _events(args: argparse.Namespace, client: ApiClient, clock: WaitClock) -> int:
+    if not args.follow:
+        if args.model is None:
+            raise CliFailure("give a MODEL, or --follow for the events of the whole node")
+        events = client.json("GET", f"/models/{args.model}/events", params={"limit": args.limit})
+        emit(args, events, client_format.events_table(events))
+        return EXIT_OK
+    params = {"model": args.model} if args.model else None
+
+    def open_stream(after_id: int | None) -> AbstractContextManager[Iterator[str]]:
+        headers = {"Accept": "text/event-stream"}
+        if after_id is not None:
+            headers["Last-Event-ID"] = str(after_id)
+        return client.stream_lines("/events", params=params, headers=headers)
+
+    def show(event: dict[str, Any]) -> None:
+        line = json.dumps(event) if args.json else client_format.event_line(event)
+        print(line, flush=True)
+
+    follower = client_events.Follower(
+        open_stream=open_stream,
+        on_event=show,
+        on_note=lambda note: print(note, file=sys.stderr, flush=True),
+        sleep=clock.sleep,
+        count=args.count,
+        last_id=args.since,
+    )
+    try:
+        follower.run()
+    except client_events.StreamLost as lost:
+        raise CliFailure(str(lost), EXIT_UNREACHABLE) from None
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a follow ends
+    return EXIT_OK
+
+
+def _events_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", metavar="MODEL", help="only this model's events")
+    parser.add_argument(
+        "-f", "--follow", action="store_true", help="print events as they happen (Ctrl-C ends)"
+    )
+    parser.add_argument(
+        "--since", type=int, metavar="ID", help="with --follow: first replay the events after ID"
+    )
+    parser.add_argument("--count", type=int, metavar="N", help="with --follow: exit after N events")
+    parser.add_argument(
+        "--limit", type=int, default=100, metavar="N", help="without --follow: newest N events"
+    )
+
+
 def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("service")
@@ -327,7 +408,7 @@ def _wait_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_client_commands(commands: Any, clock: WaitClock | None = None) -> None:
-    """Registers `models ...`, `gpus` and `agents` on the `gpu-orchestrator` subparsers;
+    """Registers `models ...`, `gpus`, `agents` and `events` on the `gpu-orchestrator` subparsers;
     `clock` paces `--wait` polling (the system clock when None)."""
     wait_clock: WaitClock = clock if clock is not None else SystemWaitClock()
     common = _common_options()
@@ -364,7 +445,11 @@ def add_client_commands(commands: Any, clock: WaitClock | None = None) -> None:
     start.add_argument("id")
     start.add_argument("--force", action="store_true", help="start despite a low-memory alert")
     _wait_options(start)
-    leaf(models, "stop", _lifecycle("stop"), "stop a model's engine").add_argument("id")
+    stop = leaf(models, "stop", _lifecycle("stop"), "stop a model's engine")
+    stop.add_argument("id")
+    stop.add_argument(
+        "--wait", action="store_true", help="answer once the engine is stopped, not at once"
+    )
     restart = leaf(models, "restart", _lifecycle("restart"), "stop, then start the engine")
     restart.add_argument("id")
     restart.add_argument("--force", action="store_true", help="start despite a low-memory alert")
@@ -382,3 +467,5 @@ def add_client_commands(commands: Any, clock: WaitClock | None = None) -> None:
     gpus = _get("/gpus", client_format.gpus_report)
     leaf(commands, "gpus", gpus, "per-GPU memory, reservations, models and alerts")
     leaf(commands, "agents", _agents, "which agent's adapter sits on which model, and where")
+    events_help = "the node's events: --follow prints them live, as GET /events streams them"
+    _events_options(leaf(commands, "events", _events, events_help))

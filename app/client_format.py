@@ -121,6 +121,19 @@ def events_table(events: Sequence[Mapping[str, Any]]) -> str:
     return render_table(headers, rows)
 
 
+def event_line(event: Mapping[str, Any]) -> str:
+    """One event of `GET /events` as a line: time, model (`node` for node-wide events such as
+    GPU alerts), kind, the transition if any, and the first line of the reason."""
+    parts = [str(event.get("at") or MISSING), str(event.get("model_id") or "node")]
+    parts.append(str(event.get("kind") or MISSING))
+    if event.get("to_state"):
+        parts.append(f"{event.get('from_state') or MISSING} -> {event['to_state']}")
+    reason = first_line(event.get("reason"))
+    if reason != MISSING:
+        parts.append(reason)
+    return "  ".join(parts)
+
+
 def first_line(value: object) -> str:
     text = cell(value)
     return text.splitlines()[0] if text.strip() else MISSING
