@@ -12,6 +12,17 @@ from pathlib import Path
 from app.orchestrator.oom import scan_file
 
 LOOPBACK_NAMES = {"localhost"}
+EXIT_REFUSED_INSECURE = 2
+EXIT_DATABASE_HELD = 4
+SERVE_EXIT_CODES_HELP = f"""\
+exit codes:
+  0  stopped normally
+  {EXIT_REFUSED_INSECURE}  refused: a non-loopback --host without GPU_ORCH_API_TOKEN (see
+     --insecure)
+  3  the app failed to start (uvicorn's code; the log says why)
+  {EXIT_DATABASE_HELD}  refused: another orchestrator holds the database (its pid, host and start
+     time go to stderr); one database, one orchestrator
+"""
 
 
 def is_loopback(host: str) -> bool:
@@ -36,7 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
                 "or pass --insecure.",
                 file=sys.stderr,
             )
-            return 2
+            return EXIT_REFUSED_INSECURE
         # Printed, not logged: nothing has configured logging yet (uvicorn does so later), and
         # this line must reach the console or journal whatever the logging setup.
         print(
@@ -45,11 +56,27 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
+    from app.store.instance_lock import InstanceLockError, instance_lock_for
+
+    # Taken here, before uvicorn runs the lifespan: a refusal is then one line on stderr and a
+    # code of its own, not a lifespan traceback and uvicorn's generic exit 3.
+    lock = instance_lock_for(settings.resolved_database_url)
+    if lock is not None:
+        try:
+            lock.acquire()
+        except InstanceLockError as error:
+            print(f"refusing to start: {error}", file=sys.stderr)
+            return EXIT_DATABASE_HELD
     import uvicorn
 
     from app.main import create_app
 
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    try:
+        app = create_app(settings, instance_lock=lock)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
 
 
@@ -80,7 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the control plane (uvicorn)")
+    serve = commands.add_parser(
+        "serve",
+        help="run the control plane (uvicorn)",
+        description="Run the control plane. One orchestrator per database: a second one on the "
+        "same SQLite file refuses to start and names the first.",
+        epilog=SERVE_EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info")

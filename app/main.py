@@ -1,5 +1,6 @@
-"""create_app(settings) -> FastAPI. The lifespan opens the store, migrates it to head, re-adopts
-the engines recorded in it and starts the GPU monitor; nothing happens at import time."""
+"""create_app(settings) -> FastAPI. The lifespan takes the database's single-instance lock, opens
+the store, migrates it to head, re-adopts the engines recorded in it and starts the GPU monitor;
+nothing happens at import time."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from app.api.routes import docs, events, gpus, lifecycle, manifests, models, sys
 from app.orchestrator.event_bus import EventBus
 from app.orchestrator.wiring import Overrides, build_services
 from app.settings import Settings, load_settings
+from app.store.instance_lock import InstanceLock, instance_lock_for
 
 DESCRIPTION = """
 Keeps vLLM model servers running on a GPU node: a registry of model specs, start/stop/restart
@@ -34,20 +36,36 @@ Also here: the operator console at [/ui](/ui), live events as Server-Sent Events
 _UNMEASURED = ["/metrics", "/healthz", "/readyz", "^/events$", "^/$", "^/ui", "^/docs", "^/redoc$"]
 
 
-def create_app(settings: Settings | None = None, overrides: Overrides | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    overrides: Overrides | None = None,
+    *,
+    instance_lock: InstanceLock | None = None,
+) -> FastAPI:
+    """The app. `instance_lock` is the database's lock when the caller (`serve`) already took it;
+    otherwise the lifespan takes it itself."""
     settings = settings or load_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = await build_services(settings, overrides)
-        app.state.services = services
-        await services.orchestrator.start(lambda: asyncio.create_task(services.monitor.run()))
-        await manifests.start_manifest_sync(app, services.orchestrator, settings)
+        # One orchestrator per database, decided before the store is even opened: a second one
+        # must neither migrate it nor adopt the first one's engines (docs/design.md).
+        lock = instance_lock or instance_lock_for(settings.resolved_database_url)
+        if lock is not None:
+            lock.acquire()  # raises InstanceLockHeld, naming the holder; a no-op if held
         try:
-            yield
+            services = await build_services(settings, overrides)
+            app.state.services = services
+            await services.orchestrator.start(lambda: asyncio.create_task(services.monitor.run()))
+            await manifests.start_manifest_sync(app, services.orchestrator, settings)
+            try:
+                yield
+            finally:
+                await services.orchestrator.shutdown()
+                await services.monitor.drain()
         finally:
-            await services.orchestrator.shutdown()
-            await services.monitor.drain()
+            if lock is not None:
+                lock.release()
 
     app = FastAPI(
         title="gpu-orchestrator",
