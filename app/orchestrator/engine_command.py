@@ -32,6 +32,14 @@ INHERITED_ENV = (
 )
 
 
+# CUDA numbers devices fastest first unless told otherwise; NVML, which placement reads, numbers
+# them in PCI bus order. On a node with mixed GPUs the two differ, and CUDA_VISIBLE_DEVICES=0
+# would be another GPU than the one the headroom check chose. The orchestrator therefore sets the
+# order itself, after every other source of environment. (GPU UUIDs in CUDA_VISIBLE_DEVICES would
+# need no order, but vLLM reads the entries with int(): docs/design.md, "GPU numbering".)
+CUDA_DEVICE_ORDER = "PCI_BUS_ID"
+
+
 @dataclass(frozen=True)
 class EngineCommand:
     argv: list[str]
@@ -69,11 +77,14 @@ def build_env(
     adapters: Sequence[Adapter],
     launch_token: str,
 ) -> dict[str, str]:
-    """A clean base, the operator's engine defaults, the spec's env, then what we own."""
+    """A clean base, the operator's engine defaults, the spec's env, then what we own: what we
+    own is set last, so neither the operator's ENGINE_ENV nor a spec can move an engine off the
+    GPUs that placement chose. `gpu_ids` are NVML indices."""
     env = {name: parent_env[name] for name in INHERITED_ENV if name in parent_env}
     env.update(engine_env)
     env.update(spec.env)
     env["VLLM_ADAPTER_PATHS"] = ":".join(str(adapter.path) for adapter in adapters)
+    env["CUDA_DEVICE_ORDER"] = CUDA_DEVICE_ORDER  # NVML index i is CUDA device i
     if gpu_ids:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in gpu_ids)
     # Lets a restarted orchestrator find an engine it spawned but had not yet recorded.

@@ -44,11 +44,14 @@ RESERVED_ENGINE_FLAGS = frozenset(
         "--config",
     }
 )
+# Variables that decide which GPUs, and how many, an engine takes: placement sets the first two
+# itself (engine_command.py), and vLLM reads its data-parallel size from VLLM_DP_SIZE.
+GPU_ENV_NAMES = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"})
+GPU_ENV_PREFIXES = ("VLLM_DP_",)
 # Variables the orchestrator sets itself, and loader hooks that would run foreign code.
-RESERVED_ENV_NAMES = frozenset(
+RESERVED_ENV_NAMES = GPU_ENV_NAMES | frozenset(
     {
         "VLLM_ADAPTER_PATHS",
-        "CUDA_VISIBLE_DEVICES",
         "GPU_ORCH_LAUNCH_TOKEN",
         "LD_PRELOAD",
         "LD_LIBRARY_PATH",
@@ -64,7 +67,7 @@ RESERVED_ENV_NAMES = frozenset(
         "GCONV_PATH",
     }
 )
-RESERVED_ENV_PREFIXES = ("LD_", "DYLD_")
+RESERVED_ENV_PREFIXES = ("LD_", "DYLD_", *GPU_ENV_PREFIXES)
 
 
 def owned_flag(token: str) -> str | None:
@@ -222,7 +225,14 @@ class ModelSpecBase(BaseModel):
         for name, item in value.items():
             if not _ENV_NAME.fullmatch(name):
                 raise ValueError(f"env: {name!r} is not a valid variable name")
-            if name.upper() in RESERVED_ENV_NAMES or name.upper().startswith(RESERVED_ENV_PREFIXES):
+            upper = name.upper()
+            if upper in GPU_ENV_NAMES or upper.startswith(GPU_ENV_PREFIXES):
+                raise ValueError(
+                    f"env must not set {name}: the orchestrator pins the engine to the GPUs that "
+                    "placement chose (CUDA_VISIBLE_DEVICES in PCI bus order); use "
+                    "tensor_parallel_size for more GPUs"
+                )
+            if upper in RESERVED_ENV_NAMES or upper.startswith(RESERVED_ENV_PREFIXES):
                 raise ValueError(f"env must not set {name}: reserved or a loader hook")
             if "\x00" in item:
                 raise ValueError(f"env: {name} must not contain NUL characters")
