@@ -44,6 +44,50 @@ RESERVED_ENGINE_FLAGS = frozenset(
         "--config",
     }
 )
+# vLLM flags that multiply the GPUs one engine takes (vllm/engine/arg_utils.py, ParallelConfig):
+# world size = tensor x pipeline x prefill-context parallel, per data-parallel replica. Placement
+# reserves tensor_parallel_size GPUs and no more, so an engine given one of these would take GPUs
+# nobody reserved. The data-parallel family is refused whole: its other flags (rank, address,
+# backend, load balancing) mean nothing without a data-parallel size, and vLLM's short forms
+# (-dpn, -dpb, ...) all begin with -dp. Decode context parallelism (-dcp) and expert parallelism
+# (-ep) run on the tensor-parallel GPUs and are allowed.
+GPU_COUNT_FLAGS = frozenset(
+    {
+        "--pipeline-parallel-size",
+        "-pp",
+        "--prefill-context-parallel-size",
+        "-pcp",
+        "--data-parallel-size",
+        "-dp",
+        "--data-parallel-size-local",
+        "-dpl",
+        "--data-parallel-rank",
+        "-dpn",
+        "--data-parallel-start-rank",
+        "-dpr",
+        "--data-parallel-address",
+        "-dpa",
+        "--data-parallel-rpc-port",
+        "-dpp",
+        "--data-parallel-backend",
+        "-dpb",
+        "--data-parallel-hybrid-lb",
+        "-dph",
+        "--data-parallel-external-lb",
+        "-dpe",
+        # Elastic expert parallelism grows the data-parallel size while the engine runs.
+        "--enable-elastic-ep",
+        "--elastic-ep-max-dp-size",
+    }
+)
+_ENGINE_FLAGS = RESERVED_ENGINE_FLAGS | GPU_COUNT_FLAGS
+_LONG_ENGINE_FLAGS = sorted(flag for flag in _ENGINE_FLAGS if flag.startswith("--"))
+_SHORT_ENGINE_FLAGS = sorted(flag for flag in _ENGINE_FLAGS if not flag.startswith("--"))
+_MULTI_GPU_HINT = (
+    "it multiplies the GPUs the engine takes beyond the ones placement reserves; use "
+    "tensor_parallel_size, the multi-GPU setting that placement counts"
+)
+
 # Variables that decide which GPUs, and how many, an engine takes: placement sets the first two
 # itself (engine_command.py), and vLLM reads its data-parallel size from VLLM_DP_SIZE.
 GPU_ENV_NAMES = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"})
@@ -71,23 +115,29 @@ RESERVED_ENV_PREFIXES = ("LD_", "DYLD_", *GPU_ENV_PREFIXES)
 
 
 def owned_flag(token: str) -> str | None:
-    """The reserved engine flag that an argv token would set, as vLLM's parser reads it: the part
-    before '=', underscores in a long flag's name read as dashes (`--gpu_memory_utilization`), a
-    unique prefix read as the whole flag (argparse's abbreviations: `--hos`), and a short flag
-    glued to its value (`-tp2`)."""
+    """The refused engine flag (RESERVED_ENGINE_FLAGS, GPU_COUNT_FLAGS) that an argv token would
+    set, as vLLM's parser reads it: the part before '=', underscores in a long flag's name read as
+    dashes (`--gpu_memory_utilization`), a prefix read as the whole flag (argparse's
+    abbreviations: `--hos`, and for short flags `-t` or `-pc`), and a short flag glued to its
+    value (`-tp2`). An ambiguous prefix is refused too: vLLM would refuse it anyway."""
     if token.startswith("--"):
         name = token.split("=", 1)[0]
         name = "--" + name[2:].split(".", 1)[0].replace("_", "-")
         if len(name) <= 2:
             return None
-        for flag in sorted(RESERVED_ENGINE_FLAGS):
-            if flag.startswith("--") and flag.startswith(name):
-                return flag
-        return None
-    if token.startswith("-"):
-        for flag in sorted(RESERVED_ENGINE_FLAGS):
-            if not flag.startswith("--") and token.split("=", 1)[0].startswith(flag):
-                return flag
+        if name in _ENGINE_FLAGS:
+            return name
+        return next((flag for flag in _LONG_ENGINE_FLAGS if flag.startswith(name)), None)
+    if token.startswith("-") and len(token) > 1:
+        name = token.split("=", 1)[0]
+        if name in _ENGINE_FLAGS:
+            return name
+        abbreviated = next((flag for flag in _SHORT_ENGINE_FLAGS if flag.startswith(name)), None)
+        if abbreviated is not None:
+            return abbreviated
+        # Glued to a value: the longest flag that begins the token (`-dpl2` is -dpl, not -dp).
+        glued = [flag for flag in _SHORT_ENGINE_FLAGS if name.startswith(flag)]
+        return max(glued, key=len, default=None)
     return None
 
 
@@ -213,6 +263,10 @@ class ModelSpecBase(BaseModel):
             if "\x00" in token:
                 raise ValueError("extra_args must not contain NUL characters")
             flag = owned_flag(token)
+            if flag in GPU_COUNT_FLAGS:
+                raise ValueError(
+                    f"extra_args must not set {flag} (given as {token!r}): {_MULTI_GPU_HINT}"
+                )
             if flag is not None:
                 raise ValueError(
                     f"extra_args must not set {flag} (given as {token!r}): the orchestrator owns it"
