@@ -55,15 +55,28 @@ class ApiError(Exception):
 
 
 def json_safe(value: Any) -> Any:
-    """`value` with NaN and the infinities as strings: strict JSON has no literal for them, and
-    echoing a client's `NaN` back in a 422 must not turn into a 500."""
+    """`value` as strict JSON can carry it, so echoing a client's input back in a 422 never turns
+    into a 500: NaN and the infinities as strings (JSON has no literal for them), and a lone
+    surrogate (`"\\ud800"` in the request, which JSON's grammar allows but UTF-8 cannot encode)
+    as the escape the client sent, in values and keys (a field name is echoed in `loc`) alike."""
+    if isinstance(value, str):
+        return _without_lone_surrogates(value)
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
+        return {json_safe(key): json_safe(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [json_safe(item) for item in value]
     return value
+
+
+def _without_lone_surrogates(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # "\ud800" becomes the six characters `\ud800`; every other character is kept.
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def not_found(model_id: str) -> ApiError:

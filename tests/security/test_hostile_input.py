@@ -124,6 +124,9 @@ async def test_hostile_adapter_paths_are_refused(
         ["--uds=/tmp/sock"],
         ["--enable-lora"],
         ["--max-loras=9"],
+        ["-t", "8"],  # argparse reads a short flag's unique prefix too
+        ["-pp", "2"],  # more GPUs than placement reserves
+        ["--data-parallel-size=2"],
     ],
 )
 async def test_hostile_extra_args_setting_owned_flags_are_refused(
@@ -151,6 +154,8 @@ async def test_hostile_extra_args_check_keeps_engine_flags_of_its_own(
         "DYLD_INSERT_LIBRARIES",
         "VLLM_ADAPTER_PATHS",
         "CUDA_VISIBLE_DEVICES",
+        "CUDA_DEVICE_ORDER",  # the orchestrator numbers GPUs in PCI bus order, as NVML does
+        "VLLM_DP_SIZE",  # vLLM reads a data-parallel size from it
         "GPU_ORCH_LAUNCH_TOKEN",
         "ld_preload",
         "Ld_Library_Path",
@@ -213,6 +218,59 @@ async def test_hostile_nan_and_infinity_literals_are_422_not_500(
     assert response.status_code == 422, response.text
     assert "NaN" not in response.text and "Infinity" not in response.text  # strict JSON
     await assert_unchanged(client, before)
+
+
+def strings_in(value: Any) -> list[str]:
+    """Every string in a decoded JSON value, keys included."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for key, item in value.items() for text in [key, *strings_in(item)]]
+    if isinstance(value, list):
+        return [text for item in value for text in strings_in(item)]
+    return []
+
+
+@pytest.mark.parametrize(
+    ("field", "fragment"),
+    [
+        ("model", '"model": "%s"'),
+        ("model", '"model": "a%sb"'),
+        ("env", '"env": {"A": "%s"}'),
+        ("env", '"env": {"A%s": "x"}'),  # in a key, which the 422 echoes in its loc
+        ("extra_args", '"extra_args": ["%s"]'),
+        ("adapter_names", '"adapter_paths": ["/a"], "adapter_names": {"/a": "%s"}'),
+    ],
+)
+@pytest.mark.parametrize("escape", ["\\ud800", "\\udfff", "\\ude00\\ud83d"])
+async def test_hostile_lone_surrogate_escape_is_422_naming_the_field(
+    client: httpx.AsyncClient, field: str, fragment: str, escape: str
+) -> None:
+    # fuzz: JSON may spell a lone UTF-16 surrogate (`"\ud800"`, or a pair in the wrong order),
+    # which Python decodes but UTF-8 cannot encode: echoing it back in the 422 raised, a 500.
+    before = await create_tiny(client)
+    fields = fragment % escape
+    base = "" if field == "model" else '"model": "m", '
+    bodies = [
+        ("POST", "/models", '{"id": "other", ' + base + fields + "}"),
+        ("PUT", "/models/tiny", "{" + base + fields + "}"),
+        ("PATCH", "/models/tiny", "{" + fields + "}"),
+    ]
+    for method, path, body in bodies:
+        response = await client.request(method, path, content=body, headers=JSON)
+        assert_names_field(response, field)
+        # The client's input comes back as the escape it sent.
+        assert any(escape in text for text in strings_in(response.json())), response.text
+    await assert_unchanged(client, before)
+
+
+async def test_hostile_surrogate_pair_escape_is_a_character_not_an_error(
+    client: httpx.AsyncClient,
+) -> None:
+    body = '{"id": "emoji", "model": "m-\\ud83d\\ude00"}'
+    response = await client.post("/models", content=body, headers=JSON)
+    assert response.status_code == 201, response.text
+    assert response.json()["model"] == "m-\U0001f600"
 
 
 @pytest.mark.parametrize(
