@@ -125,7 +125,7 @@ class Orchestrator:
         """Stop every model that is not stopped (the call returns once its engine is gone)."""
         for model in self.request("GET", "/models"):
             if model["status"]["state"] != "stopped" or model["status"]["pid"] is not None:
-                self.request("POST", f"/models/{model['id']}/stop")
+                self.request("POST", f"/models/{model['id']}/stop?wait=true")
 
 
 def running_at(events: list[dict[str, Any]]) -> float:

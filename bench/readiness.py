@@ -70,7 +70,7 @@ def _orchestrated(work_dir: Path, run_id: str, delays_s: list[float]) -> dict[st
             state = _read_record(record)
             lags["from_listening"].append(marked_at - state["listening_at"])
             lags["from_first_200"].append(marked_at - state["ready_at"])
-            orch.request("POST", f"/models/{MODEL_ID}/stop")
+            orch.request("POST", f"/models/{MODEL_ID}/stop?wait=true")
     return lags
 
 

@@ -51,7 +51,7 @@ def _orchestrated_start(orch: Orchestrator) -> tuple[float, list[str], dict[str,
     ready_s = running_at(orch.events(MODEL_ID, limit=5)) - started_at
     engine = psutil.Process(status["pid"])
     argv, env = engine.cmdline(), engine.environ()
-    orch.request("POST", f"/models/{MODEL_ID}/stop")
+    orch.request("POST", f"/models/{MODEL_ID}/stop?wait=true")
     return ready_s, argv, env
 
 

@@ -93,7 +93,7 @@ def main() -> int:
         body = {"model": "tiny_synth_v1", "prompt": "the orchestrator", "max_tokens": 12}
         answer = httpx.post(f"{base_url}/v1/completions", json=body, timeout=60).json()
         print("completion through adapter tiny_synth_v1:", repr(answer["choices"][0]["text"]))
-        stopped = client.post("/models/tiny-demo/stop").json()
+        stopped = client.post("/models/tiny-demo/stop?wait=true").json()
         print("stopped:", stopped["state"])
         return 0
     finally:

@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.api.auth import token_accepted
-from app.orchestrator.manager import Orchestrator
+from app.orchestrator.orchestrator import Orchestrator
 from app.orchestrator.wiring import Services
 from app.settings import Settings
 

@@ -13,8 +13,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.auth import CHALLENGE, rejects_token
-from app.orchestrator.manager import AlreadyExistsError, ModelNotFoundError, ModelRunningError
-from app.orchestrator.messages import CommandError
+from app.orchestrator.lifecycle import CommandError
+from app.orchestrator.orchestrator import AlreadyExistsError, ModelNotFoundError, ModelRunningError
 
 # HTTP status per orchestrator error code.
 STATUS_BY_CODE = {
@@ -27,6 +27,7 @@ STATUS_BY_CODE = {
     "port_unavailable": 409,
     "adapter_invalid": 422,
     "launch_failed": 503,
+    "stop_failed": 409,
 }
 
 
@@ -85,7 +86,8 @@ def not_found(model_id: str) -> ApiError:
 
 def from_command_error(error: CommandError) -> ApiError:
     figures = {key: value for key, value in error.figures.items() if key not in ("code", "reason")}
-    return ApiError(STATUS_BY_CODE.get(error.code, 409), error.code, error.message, **figures)
+    code = str(error.code)
+    return ApiError(STATUS_BY_CODE.get(code, 409), code, error.message, **figures)
 
 
 def unauthorized() -> ApiError:
@@ -145,6 +147,6 @@ def install_error_handlers(app: FastAPI) -> None:
             "code": "model_running",
             "message": str(error),
             "model_id": error.model_id,
-            "state": error.state,
+            **error.figures,
         }
         return JSONResponse(status_code=409, content={"detail": body})

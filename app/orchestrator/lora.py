@@ -11,7 +11,11 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 class AdapterError(Exception):
-    pass
+    """An adapter vLLM cannot take; `figures` names it and the numbers, for the 422 body."""
+
+    def __init__(self, message: str, *, figures: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.figures = figures or {}
 
 
 @dataclass(frozen=True)
@@ -38,11 +42,15 @@ def read_adapter(name: str, path: Path) -> Adapter:
 
 def max_lora_rank(adapters: list[Adapter]) -> int:
     """The smallest of vLLM's rank choices that covers every adapter."""
-    highest = max(adapter.rank for adapter in adapters)
+    widest = max(adapters, key=lambda adapter: adapter.rank)
     for choice in VLLM_LORA_RANKS:
-        if choice >= highest:
+        if choice >= widest.rank:
             return choice
-    raise AdapterError(f"adapter rank {highest} exceeds vLLM's largest ({VLLM_LORA_RANKS[-1]})")
+    raise AdapterError(
+        f"adapter {widest.name}: rank {widest.rank} exceeds the largest vLLM takes "
+        f"({VLLM_LORA_RANKS[-1]})",
+        figures={"adapter": widest.name, "rank": widest.rank, "max_rank": VLLM_LORA_RANKS[-1]},
+    )
 
 
 def lora_flags(adapters: list[Adapter]) -> list[str]:

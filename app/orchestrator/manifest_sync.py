@@ -20,7 +20,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal, cast
 
-from app.orchestrator.manager import Orchestrator
 from app.orchestrator.manifests import (
     AdapterResolution,
     AgentAdapter,
@@ -30,6 +29,7 @@ from app.orchestrator.manifests import (
     load_config,
 )
 from app.orchestrator.manifests.resolution import ModelSource
+from app.orchestrator.orchestrator import Orchestrator
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,8 @@
-"""The orchestrator as the API sees it: the registry plus one supervisor task per model.
+"""The orchestrator as the API sees it: one supervisor task per model, and the ways in.
 
-Reads come from the store (or a supervisor's in-memory copy of its status); every change to a
-model's engine goes to that model's supervisor as a command.
+Every change to a model (its spec, its engine, its deletion) is a message to that model's
+supervisor, its only writer; this object never reads a state and then acts on it. Reads return
+snapshots.
 """
 
 from __future__ import annotations
@@ -9,23 +10,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
-from app.orchestrator.engine_run import RunContext
-from app.orchestrator.messages import Adopt, CommandKind, CommandResult
+from app.orchestrator.lifecycle import (
+    CommandKind,
+    CommandResult,
+    ErrorCode,
+    ModelState,
+    RunContext,
+    Supervisor,
+)
+from app.orchestrator.lifecycle.messages import Adopt
 from app.orchestrator.registry import AlreadyExistsError
 from app.orchestrator.spec import ModelSpec
-from app.orchestrator.states import AT_REST_STATES, ModelState
-from app.orchestrator.supervisor import Supervisor
 from app.store.tables import EventRow, StatusRow
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["AlreadyExistsError", "ModelNotFoundError", "ModelRunningError", "Orchestrator"]
-
-# Fields an engine reads only at launch are safe to change while it runs only if they are these.
-_LIVE_FIELDS = frozenset({"restart_policy", "start_timeout_s"})
 
 
 class ModelNotFoundError(LookupError):
@@ -33,10 +36,10 @@ class ModelNotFoundError(LookupError):
 
 
 class ModelRunningError(Exception):
-    def __init__(self, model_id: str, state: str, action: str) -> None:
-        super().__init__(f"model {model_id} is {state}: stop it before you {action}")
+    def __init__(self, model_id: str, message: str, figures: dict[str, Any]) -> None:
+        super().__init__(message)
         self.model_id = model_id
-        self.state = state
+        self.figures = figures
 
 
 class Orchestrator:
@@ -46,11 +49,8 @@ class Orchestrator:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop_watching = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
-        self._locks: dict[str, asyncio.Lock] = {}
-        # Specs change only through this object, so reads are served from memory; the store
-        # is written first, the cache after, under the model's lock.
-        self._specs: dict[str, ModelSpec] = {}
-        self._spec_data: dict[str, dict[str, Any]] = {}
+        # Creation only: one id is inserted once, whatever number of requests race for it.
+        self._creating = asyncio.Lock()
 
     # -- life of the service ----------------------------------------------------------------
     async def start(self, *extra_tasks: Callable[[], asyncio.Task[None]]) -> None:
@@ -58,9 +58,12 @@ class Orchestrator:
         watcher = self.ctx.log_watcher
         self._background.append(asyncio.create_task(watcher.run(self._stop_watching)))
         await watcher.wait_ready()
-        self._specs = {spec.id: spec for spec in self.ctx.registry.specs()}
-        for spec in self._specs.values():
-            self._spawn(spec.id).post(Adopt())
+        registry = self.ctx.registry
+        specs = await asyncio.to_thread(registry.specs)
+        statuses = await asyncio.to_thread(registry.statuses)
+        await self.ctx.allocator.refresh()
+        for spec in specs:
+            self._spawn(spec, statuses[spec.id]).post(Adopt())
         for make_task in extra_tasks:
             self._background.append(make_task())
 
@@ -80,142 +83,113 @@ class Orchestrator:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._tasks.values(), *self._background, return_exceptions=True)
+        await self.ctx.registry.flush()
         await self.ctx.health.aclose()
 
-    def _spawn(self, model_id: str) -> Supervisor:
-        supervisor = Supervisor(model_id, self.ctx)
-        self.supervisors[model_id] = supervisor
-        self._tasks[model_id] = asyncio.create_task(supervisor.serve(), name=f"sup-{model_id}")
+    def _spawn(self, spec: ModelSpec, status: StatusRow) -> Supervisor:
+        supervisor = Supervisor(spec, status, self.ctx)
+        self.supervisors[spec.id] = supervisor
+        self._tasks[spec.id] = asyncio.create_task(supervisor.serve(), name=f"sup-{spec.id}")
         return supervisor
 
-    def _lock(self, model_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(model_id, asyncio.Lock())
-
-    # -- registry ---------------------------------------------------------------------------
-    def spec(self, model_id: str) -> ModelSpec:
-        spec = self._specs.get(model_id)
-        if spec is None:
+    def _supervisor(self, model_id: str) -> Supervisor:
+        supervisor = self.supervisors.get(model_id)
+        if supervisor is None or supervisor.closed:
             raise ModelNotFoundError(model_id)
-        return spec
+        return supervisor
+
+    # -- reads --------------------------------------------------------------------------------
+    def spec(self, model_id: str) -> ModelSpec:
+        return self._supervisor(model_id).spec
 
     def specs(self) -> list[ModelSpec]:
-        return [self._specs[model_id] for model_id in sorted(self._specs)]
+        return [self.supervisors[model_id].spec for model_id in sorted(self.supervisors)]
 
     def spec_data(self, model_id: str) -> dict[str, Any]:
         """The spec as JSON-ready data, id first; built once per change, not per request."""
-        data = self._spec_data.get(model_id)
-        if data is None:
-            spec = self.spec(model_id)
-            data = {"id": spec.id, **spec.model_dump(mode="json")}
-            self._spec_data[model_id] = data
-        return data
-
-    def _remember(self, spec: ModelSpec) -> None:
-        self._specs[spec.id] = spec
-        self._spec_data.pop(spec.id, None)
+        return self._supervisor(model_id).spec_data()
 
     def status(self, model_id: str) -> StatusRow:
-        supervisor = self.supervisors.get(model_id)
-        if supervisor is not None:
-            return supervisor.writer.status
-        status = self.ctx.registry.status(model_id)
-        if status is None:
-            raise ModelNotFoundError(model_id)
-        return status
+        return self._supervisor(model_id).status()
 
     def statuses(self) -> dict[str, StatusRow]:
-        """Each model's status as its supervisor holds it (the store's copy is the same)."""
-        return {model_id: sup.writer.status for model_id, sup in self.supervisors.items()}
+        return {model_id: sup.status() for model_id, sup in self.supervisors.items()}
 
-    def events(self, model_id: str, *, limit: int) -> list[EventRow]:
-        self.spec(model_id)
-        return self.ctx.registry.events(model_id, limit=limit)
+    async def events(self, model_id: str, *, limit: int) -> list[EventRow]:
+        self._supervisor(model_id)
+        return await asyncio.to_thread(self.ctx.registry.events, model_id, limit=limit)
 
-    def log_tail(self, model_id: str, count: int) -> list[str]:
-        self.spec(model_id)
-        return self.ctx.log_tail(model_id, count)
+    async def log_tail(self, model_id: str, count: int) -> list[str]:
+        self._supervisor(model_id)
+        return await asyncio.to_thread(self.ctx.log_tail, model_id, count)
 
-    async def create_model(self, spec: ModelSpec, *, source: str = "api") -> None:
-        async with self._lock(spec.id):
-            self.ctx.registry.create(spec, source=source)
-            self._remember(spec)
-            self._spawn(spec.id)
-
-    async def update_model(self, spec: ModelSpec, *, source: str = "api") -> bool:
-        """Replace a spec. Changes an engine reads at launch need it stopped (ModelRunningError);
-        restart_policy and start_timeout_s apply to a running engine at once."""
-        async with self._lock(spec.id):
-            current = self.spec(spec.id)
-            changed = {
-                name
-                for name in ModelSpec.model_fields
-                if getattr(current, name) != getattr(spec, name)
-            }
-            if not changed:
-                return False
-            state = ModelState(self.status(spec.id).state)
-            if state not in AT_REST_STATES and changed - _LIVE_FIELDS:
-                raise ModelRunningError(
-                    spec.id, state.value, "change " + ", ".join(sorted(changed))
-                )
-            self.ctx.registry.update(spec, source=source)
-            self._remember(spec)
-            return True
-
-    async def sync_model(self, spec: ModelSpec, *, source: str) -> str:
-        """Create or update from a manifest; a running model is flagged, never restarted."""
-        async with self._lock(spec.id):
-            current = self._specs.get(spec.id)
-            if current is None:
-                self.ctx.registry.create(spec, source=source)
-                self._remember(spec)
-                self._spawn(spec.id)
-                return "created"
-            if current == spec:
-                return "unchanged"
-            self.ctx.registry.update(spec, source=source)
-            self._remember(spec)
-            supervisor = self.supervisors.get(spec.id)
-            if supervisor is not None and supervisor.writer.state not in AT_REST_STATES:
-                supervisor.writer.save(
-                    {"kind": "restart_needed", "reason": f"spec changed by {source}"},
-                    restart_needed=True,
-                )
-                return "updated (restart needed)"
-            return "updated"
-
-    async def delete_model(self, model_id: str, *, force: bool) -> None:
-        async with self._lock(model_id):
-            self.spec(model_id)
-            state = ModelState(self.status(model_id).state)
-            if state not in AT_REST_STATES and not force:
-                raise ModelRunningError(model_id, state.value, "delete it (or use force=true)")
-            supervisor = self.supervisors.pop(model_id, None)
-            if supervisor is not None:
-                await supervisor.command(CommandKind.DELETE)
-                task = self._tasks.pop(model_id)
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            self.ctx.registry.delete(model_id)
-            self._specs.pop(model_id, None)
-            self._spec_data.pop(model_id, None)
-
-    # -- lifecycle --------------------------------------------------------------------------
-    async def command(
-        self, model_id: str, kind: CommandKind, *, force: bool = False
-    ) -> CommandResult:
-        self.spec(model_id)
-        supervisor = self.supervisors.get(model_id)
-        if supervisor is None:
-            raise ModelNotFoundError(model_id)
-        return await supervisor.command(kind, force=force)
-
-    def can_start(self, model_id: str, *, force: bool = False) -> dict[str, object]:
+    async def can_start(self, model_id: str, *, force: bool = False) -> dict[str, object]:
         spec = self.spec(model_id)
-        decision = self.ctx.allocator.check(
+        decision = await self.ctx.allocator.check(
             gpu_memory_util=spec.gpu_memory_util,
             tensor_parallel_size=spec.tensor_parallel_size,
             force=force,
         )
         return decision.to_dict()
+
+    # -- the registry -------------------------------------------------------------------------
+    async def create_model(self, spec: ModelSpec, *, source: str = "api") -> None:
+        async with self._creating:
+            if spec.id in self.supervisors:
+                raise AlreadyExistsError(spec.id)
+            status = await self.ctx.registry.create(spec, source=source)
+            self._spawn(spec, status)
+
+    async def update_model(self, spec: ModelSpec, *, source: str = "api") -> bool:
+        """Replace a spec. Changes an engine reads at launch need it stopped (ModelRunningError);
+        restart_policy and start_timeout_s apply to a running engine at once."""
+        result = await self._supervisor(spec.id).update(
+            spec, source=source, running_policy="refuse"
+        )
+        if result.error is not None:
+            raise ModelRunningError(spec.id, result.error.message, result.error.figures)
+        return result.changed
+
+    async def sync_model(self, spec: ModelSpec, *, source: str) -> str:
+        """Create or update from a manifest; a running model is flagged, never restarted."""
+        if spec.id not in self.supervisors:
+            with contextlib.suppress(AlreadyExistsError):
+                await self.create_model(spec, source=source)
+                return "created"
+        result = await self._supervisor(spec.id).update(spec, source=source, running_policy="flag")
+        if not result.changed:
+            return "unchanged"
+        return "updated (restart needed)" if result.restart_needed else "updated"
+
+    async def delete_model(self, model_id: str, *, force: bool) -> CommandResult:
+        """Stop the engine (force) and delete. A refused or failed delete leaves the model as it
+        was, with its supervisor, and says why."""
+        supervisor = self._supervisor(model_id)
+        result = await supervisor.command(CommandKind.DELETE, force=force)
+        if result.error is not None:
+            if result.error.code == ErrorCode.MODEL_RUNNING:
+                raise ModelRunningError(model_id, result.error.message, result.error.figures)
+            return result
+        self.supervisors.pop(model_id, None)
+        task = self._tasks.pop(model_id)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return result
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def command(
+        self, model_id: str, kind: CommandKind, *, force: bool = False
+    ) -> CommandResult:
+        try:
+            return await self._supervisor(model_id).command(kind, force=force)
+        except LookupError:
+            raise ModelNotFoundError(model_id) from None
+
+    async def wait_for_state(
+        self, model_id: str, states: Collection[ModelState], *, timeout_s: float
+    ) -> bool:
+        """Wait until the model's state is one of `states`; False at the timeout."""
+        wanted = {state.value for state in states}
+        return await self._supervisor(model_id).wait_for(
+            lambda status: status.state in wanted, timeout_s=timeout_s
+        )

@@ -1,10 +1,21 @@
 """The registry: specs, statuses and events, as the domain sees them. All SQL goes through here
-to app/store; locked-database errors are retried so a busy SQLite never surfaces as a 500."""
+to app/store.
+
+Writes run on one thread of their own, in the order they were made: a busy SQLite (its busy
+timeout, the retries below) then waits there, never on the event loop that every supervisor,
+probe and request shares. Status writes are queued without waiting (the supervisor holds the
+status in memory); `flush` waits until everything queued so far is committed, and the
+supervisor awaits it before any side effect that must find its record on disk (a spawn) and
+before it answers a command. Listeners hear of each event once it is committed, on the loop.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
@@ -20,8 +31,11 @@ from app.store.tables import EventRow, ModelRow, StatusRow
 
 T = TypeVar("T")
 _LOCK_RETRIES = 5
+EventListener = Callable[[EventRow], None]
 
-__all__ = ["AlreadyExistsError", "Registry"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["AlreadyExistsError", "EventListener", "Registry"]
 
 
 def spec_from_row(row: ModelRow) -> ModelSpec:
@@ -29,12 +43,24 @@ def spec_from_row(row: ModelRow) -> ModelSpec:
     return ModelSpec.model_validate(data)
 
 
+def _copy_status(status: StatusRow) -> StatusRow:
+    # The supervisor keeps changing its copy; the writer thread persists the values of now.
+    return StatusRow(**status.model_dump())
+
+
 class Registry:
     def __init__(self, engine: Engine, clock: Clock) -> None:
         self.engine = engine
         self.clock = clock
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        self._last_write: Future[Any] | None = None
+        self._listeners: list[EventListener] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
+    # -- plumbing ---------------------------------------------------------------------------
     def _run(self, work: Callable[[Session], T]) -> T:
+        """One transaction, retried while SQLite says locked. Runs on the writer thread (or,
+        for reads, wherever the caller runs them: WAL readers never wait for a writer)."""
         for attempt in range(_LOCK_RETRIES):
             try:
                 with session_scope(self.engine) as session:
@@ -45,37 +71,126 @@ class Registry:
                 time.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    def create(self, spec: ModelSpec, *, source: str = "api") -> None:
+    def _transaction(self, work: Callable[[Session, list[EventRow]], T]) -> T:
+        """Run `work` in one write transaction; tell the listeners of the events it appended
+        only once they are committed."""
+        events: list[EventRow] = []
+
+        def attempt(session: Session) -> T:
+            events.clear()  # a retried attempt appends its events anew
+            return work(session, events)
+
+        result = self._run(attempt)
+        self._committed(events)
+        return result
+
+    def _submit(self, work: Callable[[Session, list[EventRow]], T]) -> Future[T]:
+        with_loop = self._running_loop()
+        future = self._writer.submit(self._transaction, work)
+        future.add_done_callback(_log_failure)
+        self._last_write = future
+        if with_loop is None:
+            future.result()  # no loop (a script, a sync test): write through
+        return future
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop | None:
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        return self._loop
+
+    async def _write(self, work: Callable[[Session, list[EventRow]], T]) -> T:
+        return await asyncio.wrap_future(self._submit(work))
+
+    async def flush(self) -> None:
+        """Wait until every write queued so far is committed (or has failed, and said so)."""
+        last = self._last_write
+        if last is not None and not last.done():
+            await asyncio.wrap_future(last)
+        elif last is not None:
+            last.result()
+
+    def close(self) -> None:
+        """Finish the queued writes, then stop the writer thread."""
+        self._writer.shutdown(wait=True)
+
+    # -- listeners --------------------------------------------------------------------------
+    def add_listener(self, listener: EventListener) -> None:
+        """Call `listener(event)` on the event loop after each event is committed."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: EventListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _committed(self, events: list[EventRow]) -> None:
+        # Runs on the writer thread, after the commit; the rows are detached with their ids.
+        loop = self._loop
+        if not events or not self._listeners or loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(self._notify, events)
+
+    def _notify(self, events: list[EventRow]) -> None:
+        for event in events:
+            for listener in list(self._listeners):
+                try:
+                    listener(event)
+                except Exception:  # one broken listener must not silence the others
+                    logger.exception("event listener %r failed", listener)
+
+    # -- specs ------------------------------------------------------------------------------
+    async def create(self, spec: ModelSpec, *, source: str = "api") -> StatusRow:
+        """Insert the spec and its initial status; returns that status."""
         now = self.clock.now()
 
-        def work(session: Session) -> None:
+        def work(session: Session, events: list[EventRow]) -> StatusRow:
             repository.create_model(
                 session=session, fields=spec_fields(spec), source=source, now=now
             )
-            repository.append_event(
-                session=session, model_id=spec.id, kind="created", at=now, reason=source
+            events.append(
+                repository.append_event(
+                    session=session, model_id=spec.id, kind="created", at=now, reason=source
+                )
             )
+            session.flush()
+            status = repository.get_status(session=session, model_id=spec.id)
+            assert status is not None
+            return status
 
-        self._run(work)
+        return await self._write(work)
 
-    def update(self, spec: ModelSpec, *, source: str = "api") -> bool:
+    async def update(self, spec: ModelSpec, *, source: str = "api") -> bool:
         now = self.clock.now()
-        return self._run(
-            lambda session: repository.update_model(
+
+        def work(session: Session, events: list[EventRow]) -> bool:
+            updated = repository.update_model(
                 session=session, fields=spec_fields(spec), source=source, now=now
             )
-        )
+            if updated:
+                events.append(
+                    repository.append_event(
+                        session=session, model_id=spec.id, kind="updated", at=now, reason=source
+                    )
+                )
+            return updated
 
-    def delete(self, model_id: str) -> bool:
+        return await self._write(work)
+
+    async def delete(self, model_id: str) -> bool:
         now = self.clock.now()
 
-        def work(session: Session) -> bool:
+        def work(session: Session, events: list[EventRow]) -> bool:
             deleted = repository.delete_model(session=session, model_id=model_id)
             if deleted:
-                repository.append_event(session=session, model_id=model_id, kind="deleted", at=now)
+                events.append(
+                    repository.append_event(
+                        session=session, model_id=model_id, kind="deleted", at=now
+                    )
+                )
             return deleted
 
-        return self._run(work)
+        return await self._write(work)
 
     def spec(self, model_id: str) -> ModelSpec | None:
         row = self._run(lambda session: repository.get_model(session=session, model_id=model_id))
@@ -85,6 +200,7 @@ class Registry:
         rows = self._run(lambda session: repository.list_models(session=session))
         return [spec_from_row(row) for row in rows]
 
+    # -- statuses and events ----------------------------------------------------------------
     def status(self, model_id: str) -> StatusRow | None:
         return self._run(lambda session: repository.get_status(session=session, model_id=model_id))
 
@@ -93,26 +209,50 @@ class Registry:
         return {row.model_id: row for row in rows}
 
     def save_status(self, status: StatusRow, *, event: dict[str, Any] | None = None) -> None:
-        """Persist a status and, in the same transaction, the event that explains it."""
+        """Queue the status and, in the same transaction, the event that explains it."""
+        snapshot = _copy_status(status)
+        at = self.clock.now()
 
-        def work(session: Session) -> None:
-            repository.save_status(session=session, status=status)
+        def work(session: Session, events: list[EventRow]) -> None:
+            repository.save_status(session=session, status=snapshot)
             if event is not None:
-                repository.append_event(
-                    session=session, model_id=status.model_id, at=self.clock.now(), **event
+                events.append(
+                    repository.append_event(
+                        session=session, model_id=snapshot.model_id, at=at, **event
+                    )
                 )
 
-        self._run(work)
+        self._submit(work)
 
     def append_event(self, model_id: str | None, kind: str, **fields: Any) -> None:
+        """Queue an event of its own (an alert, a manifest reload)."""
         now = self.clock.now()
-        self._run(
-            lambda session: repository.append_event(
-                session=session, model_id=model_id, kind=kind, at=now, **fields
+
+        def work(session: Session, events: list[EventRow]) -> None:
+            events.append(
+                repository.append_event(
+                    session=session, model_id=model_id, kind=kind, at=now, **fields
+                )
             )
-        )
+
+        self._submit(work)
 
     def events(self, model_id: str, *, limit: int) -> list[EventRow]:
         return self._run(
             lambda session: repository.list_events(session=session, model_id=model_id, limit=limit)
         )
+
+    def events_after(
+        self, after_id: int, *, model_id: str | None = None, limit: int = 1000
+    ) -> list[EventRow]:
+        """Events with an id above `after_id`, oldest first (a resumed event stream)."""
+        return self._run(
+            lambda session: repository.list_events_after(
+                session=session, after_id=after_id, model_id=model_id, limit=limit
+            )
+        )
+
+
+def _log_failure(future: Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.error("a store write failed", exc_info=future.exception())

@@ -6,7 +6,6 @@ import logging
 from dataclasses import dataclass
 
 from app.orchestrator.clock import Clock, SystemClock
-from app.orchestrator.engine_run import RunContext
 from app.orchestrator.gpu.headroom import GpuAllocator
 from app.orchestrator.gpu.monitor import GpuMonitor, WebhookSink
 from app.orchestrator.gpu.nvml import NvmlProbe
@@ -16,9 +15,10 @@ from app.orchestrator.health import HealthProbe, HttpHealthProbe
 from app.orchestrator.launchers.base import Launcher
 from app.orchestrator.launchers.subprocess_launcher import SubprocessLauncher
 from app.orchestrator.launchers.systemd_launcher import SystemdLauncher, user_manager_answers
+from app.orchestrator.lifecycle import RunContext
 from app.orchestrator.logwatch import LogDirWatcher
-from app.orchestrator.manager import Orchestrator
 from app.orchestrator.metrics import Metrics
+from app.orchestrator.orchestrator import Orchestrator
 from app.orchestrator.ports import PortAllocator
 from app.orchestrator.registry import Registry
 from app.orchestrator.resolver import ModelResolver

@@ -98,18 +98,20 @@ def append_event(
     from_state: str | None = None,
     to_state: str | None = None,
     data: dict[str, Any] | None = None,
-) -> None:
-    session.add(
-        EventRow(
-            model_id=model_id,
-            at=at,
-            kind=kind,
-            reason=reason,
-            from_state=from_state,
-            to_state=to_state,
-            data=data or {},
-        )
+) -> EventRow:
+    """Add an event to the caller's transaction; its id is set once the session flushes."""
+    row = EventRow(
+        model_id=model_id,
+        at=at,
+        kind=kind,
+        reason=reason,
+        from_state=from_state,
+        to_state=to_state,
+        data=data or {},
     )
+    session.add(row)
+    session.flush()
+    return row
 
 
 def list_events(*, session: Session, model_id: str, limit: int) -> list[EventRow]:
@@ -122,6 +124,20 @@ def list_events(*, session: Session, model_id: str, limit: int) -> list[EventRow
     )
     rows = list(session.exec(query).all())
     rows.reverse()
+    for row in rows:
+        session.expunge(row)
+        row.at = utc(row.at) or row.at
+    return rows
+
+
+def list_events_after(
+    *, session: Session, after_id: int, model_id: str | None, limit: int
+) -> list[EventRow]:
+    """Events with an id above `after_id` (of one model, or all), oldest first."""
+    query = select(EventRow).where(col(EventRow.id) > after_id)
+    if model_id is not None:
+        query = query.where(col(EventRow.model_id) == model_id)
+    rows = list(session.exec(query.order_by(col(EventRow.id)).limit(limit)).all())
     for row in rows:
         session.expunge(row)
         row.at = utc(row.at) or row.at

@@ -42,7 +42,7 @@ async def test_gpus_simulated_memory_follows_running_engines(make_settings: Make
         during = (await client.get("/gpus")).json()["gpus"][0]
         assert during["free_mib"] == 81920 - 20480
         assert during["models"] == [{"model": "tiny", "state": "running"}]
-        await client.post("/models/tiny/stop")
+        await client.post("/models/tiny/stop?wait=true")
         after = (await client.get("/gpus")).json()["gpus"][0]
         assert after["free_mib"] == 81920 and after["models"] == []
 

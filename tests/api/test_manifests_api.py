@@ -251,7 +251,7 @@ async def test_manifests_reload_while_running_flags_restart_needed_and_keeps_eng
             report = await _json(client, "POST", "/manifests/reload")
             after = await _json(client, "GET", f"/models/{MODEL_ID}")
             flagged = await _json(client, "GET", "/agents")
-            await client.post(f"/models/{MODEL_ID}/stop")
+            await client.post(f"/models/{MODEL_ID}/stop?wait=true")
     finally:
         kill_engines_of(settings.state_dir)
 

@@ -109,7 +109,7 @@ def _stop_every_model(url: str) -> None:
     try:
         with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
             for model in http.get("/models").json():
-                http.post(f"/models/{model['id']}/stop")
+                http.post(f"/models/{model['id']}/stop?wait=true")
     except httpx.HTTPError:
         pass  # the service died; kill_engines_of still cleans up
 
@@ -201,7 +201,9 @@ def test_cli_start_wait_runs_then_events_logs_and_stop(
     refused = run_cli(capsys, service, "models", "delete", "served")
     assert refused.code == 1 and "[model_running]" in refused.err
 
-    stopped = run_cli(capsys, service, "models", "stop", "served")
+    stopping = run_cli(capsys, service, "models", "stop", "served")  # answered at once
+    assert stopping.code == 0 and stopping.out.strip() == "served: stopping"
+    stopped = run_cli(capsys, service, "models", "stop", "served", "--wait")
     assert stopped.code == 0 and stopped.out.strip() == "served: stopped"
     shown = run_cli(capsys, service, "models", "show", "served", "--json")
     assert json.loads(shown.out)["status"]["state"] == "stopped"

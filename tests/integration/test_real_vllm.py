@@ -78,7 +78,7 @@ async def test_real_vllm_serves_base_and_adapters_then_stops_clean(
         assert env["VLLM_ADAPTER_PATHS"] == (
             f"{assets / 'adapters/tiny_synth_v1'}:{assets / 'adapters/tiny_rerank_v1'}"
         )
-        stopped = await client.post("/models/tiny/stop")
+        stopped = await client.post("/models/tiny/stop?wait=true")
         assert stopped.json()["state"] == "stopped"
         assert group_members(pid) == []
         assert not [member for member in members if _alive(member)]

@@ -61,9 +61,14 @@ class OrchestratorProcess:
         return status
 
     def wait_state(self, model_id: str, state: str, timeout_s: float = 20.0) -> dict[str, Any]:
-        wait_until(
-            lambda: self.status(model_id)["state"] == state, timeout_s, what=f"{model_id} {state}"
-        )
+        try:
+            wait_until(lambda: self.status(model_id)["state"] == state, timeout_s)
+        except TimeoutError:
+            events = self.client.get(f"/models/{model_id}/events").json()
+            trail = [(e["kind"], e.get("to_state"), e["reason"][:160]) for e in events]
+            raise TimeoutError(
+                f"{model_id} not {state} within {timeout_s} s: {self.status(model_id)}; {trail}"
+            ) from None
         return self.status(model_id)
 
 

@@ -47,7 +47,7 @@ def test_adoption_after_sigkill_keeps_the_engine_and_starts_no_second(state_dir:
         events = second.client.get("/models/tiny/events").json()
         assert [e["kind"] for e in events].count("launched") == 1
         assert any(e["kind"] == "adopted" for e in events)
-        stopped = second.client.post("/models/tiny/stop").json()
+        stopped = second.client.post("/models/tiny/stop?wait=true").json()
         assert stopped["state"] == "stopped"
     assert group_members(pid) == []
 
@@ -74,7 +74,7 @@ def test_adoption_engine_died_while_down_is_a_failure_and_restarts(state_dir: Pa
         assert status["restarts_total"] == 1
         assert status["last_failure"]["kind"] == "exit"
         assert "while the orchestrator was down" in status["last_failure"]["message"]
-        second.client.post("/models/tiny/stop")
+        second.client.post("/models/tiny/stop?wait=true")
 
 
 def test_adoption_sigterm_leaves_engines_running_and_recorded(state_dir: Path) -> None:
@@ -86,7 +86,7 @@ def test_adoption_sigterm_leaves_engines_running_and_recorded(state_dir: Path) -
     assert group_members(pid), "a graceful shutdown leaves engines running by default"
     with orchestrator_process(state_dir) as second:
         assert second.status("tiny")["pid"] == pid
-        second.client.post("/models/tiny/stop")
+        second.client.post("/models/tiny/stop?wait=true")
     assert group_members(pid) == []
 
 
@@ -101,7 +101,7 @@ def test_adoption_shutdown_setting_stops_engines_and_restarts_them(state_dir: Pa
     with orchestrator_process(state_dir, **env) as second:
         status = second.wait_state("tiny", "running")
         assert status["pid"] != pid and status["desired_state"] == "running"
-        second.client.post("/models/tiny/stop")
+        second.client.post("/models/tiny/stop?wait=true")
 
 
 def test_adoption_oom_while_down_is_counted_once_and_classified(state_dir: Path) -> None:
@@ -122,4 +122,4 @@ def test_adoption_oom_while_down_is_counted_once_and_classified(state_dir: Path)
             assert status["ooms_total"] == 1 and status["restarts_total"] == 1
             assert status["last_failure"]["kind"] == "gpu_oom"
     with orchestrator_process(state_dir) as last:
-        last.client.post("/models/tiny/stop")
+        last.client.post("/models/tiny/stop?wait=true")

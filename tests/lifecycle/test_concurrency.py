@@ -65,7 +65,7 @@ async def test_concurrency_stop_start_storm_leaves_at_most_one_engine(
         assert len(alive) <= 1
         if status["state"] == "running":
             assert alive == [status["pid"]]
-        await client.post("/models/tiny/stop")
+        await client.post("/models/tiny/stop?wait=true")
         assert [pid for pid in pids if group_members(pid)] == []
 
 
@@ -132,7 +132,7 @@ def test_concurrency_sigkill_mid_start_adopts_the_starting_engine(tmp_path: Path
         status = second.wait_state("tiny", "running")
         assert _all_engines(second.client) == [status["pid"]]
         assert status["restarts_total"] == 0
-        second.client.post("/models/tiny/stop")
+        second.client.post("/models/tiny/stop?wait=true")
         assert _all_engines(second.client) == []
 
 
@@ -150,5 +150,5 @@ def test_concurrency_sigkill_mid_restart_ends_with_one_engine(tmp_path: Path) ->
         status = second.wait_state("tiny", "running")
         assert status["desired_state"] == "running"
         assert _all_engines(second.client) == [status["pid"]]
-        second.client.post("/models/tiny/stop")
+        second.client.post("/models/tiny/stop?wait=true")
         assert _all_engines(second.client) == []

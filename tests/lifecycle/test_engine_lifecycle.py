@@ -39,7 +39,7 @@ async def test_lifecycle_start_becomes_running_and_stop_leaves_no_process(
         assert live_engines_of(tmp_path) == [pid]
         again = await client.post("/models/tiny/start")
         assert again.status_code == 200 and again.json()["pid"] == pid
-        stopped = await client.post("/models/tiny/stop")
+        stopped = await client.post("/models/tiny/stop?wait=true")
         assert stopped.status_code == 202
         assert stopped.json()["state"] == "stopped" and stopped.json()["pid"] is None
         assert group_alive(pid) == []
@@ -72,7 +72,7 @@ async def test_lifecycle_concurrent_starts_spawn_one_engine(make_settings: MakeS
             if _env(p).get("GPU_ORCH_LAUNCH_TOKEN") and p.pid == status["pid"]
         ]
         assert tokens == [status["pid"]]
-        await client.post("/models/tiny/stop")
+        await client.post("/models/tiny/stop?wait=true")
 
 
 def _env(process: psutil.Process) -> dict[str, str]:
@@ -89,7 +89,7 @@ async def test_lifecycle_engine_ignoring_sigterm_is_killed_after_grace(
         await client.post("/models", json=spec("tiny", "--ignore-sigterm", "--fork-child"))
         await client.post("/models/tiny/start")
         pid = (await wait_state(client, "tiny", "running"))["pid"]
-        stopped = await client.post("/models/tiny/stop")
+        stopped = await client.post("/models/tiny/stop?wait=true")
         assert stopped.json()["state"] == "stopped"
         assert group_alive(pid) == []
 
@@ -129,7 +129,7 @@ async def test_lifecycle_engine_receives_adapters_and_lora_flags(
         assert argv[argv.index("--served-model-name") + 1] == "tiny"
         models = httpx.get(f"{status['base_url']}/v1/models", timeout=5).json()
         assert {item["id"] for item in models["data"]} == {"tiny", "synth", "rerank_v1"}
-        await client.post("/models/tiny/stop")
+        await client.post("/models/tiny/stop?wait=true")
 
 
 async def test_lifecycle_exit_during_start_fails_with_code_and_log_tail(

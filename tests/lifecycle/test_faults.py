@@ -35,5 +35,5 @@ async def test_faults_engine_closing_its_log_keeps_running_and_stops(
         await client.post("/models", json=spec("tiny", "--close-log"))
         await client.post("/models/tiny/start")
         await wait_state(client, "tiny", "running")
-        stopped = await client.post("/models/tiny/stop")
+        stopped = await client.post("/models/tiny/stop?wait=true")
         assert stopped.json()["state"] == "stopped"

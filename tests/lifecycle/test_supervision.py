@@ -134,7 +134,7 @@ async def test_supervision_counters_survive_restart_and_start_clears_degraded(
         assert started.status_code == 202
         status = await wait_state(client, "tiny", "running")
         assert status["consecutive_failures"] == 0 and status["restarts_total"] == 2
-        await client.post("/models/tiny/stop")
+        await client.post("/models/tiny/stop?wait=true")
 
 
 async def test_supervision_stop_during_backoff_cancels_the_restart(
@@ -150,6 +150,6 @@ async def test_supervision_stop_during_backoff_cancels_the_restart(
             client, "tiny", lambda s: s["next_attempt_at"] is not None, what="restart scheduled"
         )
         assert status["state"] == "failed"
-        stopped = await client.post("/models/tiny/stop")
+        stopped = await client.post("/models/tiny/stop?wait=true")
         assert stopped.json()["state"] == "stopped"
         assert stopped.json()["next_attempt_at"] is None

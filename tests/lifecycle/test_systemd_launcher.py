@@ -73,7 +73,7 @@ async def test_systemd_launcher_runs_transient_unit_with_limits(
         assert command[command.index("--port") + 1] == str(status["port"])
         assert "Application startup complete" in log.read_text()
         pid = status["pid"]
-        stopped = await client.post("/models/tiny/stop")
+        stopped = await client.post("/models/tiny/stop?wait=true")
         assert stopped.json()["state"] == "stopped"
         assert ["ctl", "--user", "stop", "vllm-tiny.service"] in _calls(state)
         assert group_members(pid) == []

@@ -256,8 +256,8 @@ async def test_allocator_check_is_a_dry_run() -> None:
     allocator = GpuAllocator(FixedProbe([81920]), margin_mib=1024)
     await allocator.reserve("a", gpu_memory_util=0.5, tensor_parallel_size=1)
 
-    assert not allocator.check(gpu_memory_util=0.5, tensor_parallel_size=1).ok
-    assert allocator.check(gpu_memory_util=0.4, tensor_parallel_size=1).ok
+    assert not (await allocator.check(gpu_memory_util=0.5, tensor_parallel_size=1)).ok
+    assert (await allocator.check(gpu_memory_util=0.4, tensor_parallel_size=1)).ok
     assert allocator.reservations_mib() == {0: 40960}
 
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from app.orchestrator.policy import Degrade, Restart, decide_after_failure, next_backoff
-from app.orchestrator.spec import RestartPolicy
-from app.orchestrator.states import (
+from app.orchestrator.failures import FailureKind
+from app.orchestrator.lifecycle.policy import Degrade, Restart, decide_after_failure, next_backoff
+from app.orchestrator.lifecycle.states import (
     TRANSITIONS,
-    FailureKind,
     ModelState,
     TransitionError,
     check_transition,
 )
+from app.orchestrator.spec import RestartPolicy
 
 POLICY = RestartPolicy(
     max_restarts=4, backoff_initial_s=10, backoff_factor=2, backoff_max_s=50, stable_after_s=600

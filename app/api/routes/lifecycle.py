@@ -18,11 +18,22 @@ from app.api.schemas import (
     event_public,
     status_public,
 )
-from app.orchestrator.messages import CommandKind
+from app.orchestrator.lifecycle import CommandKind, ModelState
+from app.orchestrator.orchestrator import ModelNotFoundError
 from app.orchestrator.spec import ModelSpec
 
 router = APIRouter(prefix="/models", tags=["lifecycle"], responses=error_responses(401, 404))
 Force = Annotated[bool, Query(description="Start even while the low-memory alert is raised.")]
+Wait = Annotated[
+    bool,
+    Query(
+        description="Answer once the engine has reached its end state (stopped; running or "
+        "failed for a restart) instead of at once; bounded by the stop grace or start timeout."
+    ),
+]
+# The end states a waiting stop or restart returns in.
+_STOP_END = (ModelState.STOPPED, ModelState.FAILED, ModelState.DEGRADED)
+_START_END = (ModelState.RUNNING, ModelState.FAILED, ModelState.DEGRADED, ModelState.STOPPED)
 
 _ACCEPTED: dict[int | str, dict[str, Any]] = {
     202: {"description": "Accepted: the engine is being started or stopped."},
@@ -39,16 +50,21 @@ async def _command(
     settings: SettingsDep,
     response: Response,
     force: bool = False,
+    wait_for: tuple[ModelState, ...] = (),
 ) -> StatusPublic:
     try:
         result = await orchestrator.command(model_id, kind, force=force)
     except LookupError:
-        from app.orchestrator.manager import ModelNotFoundError
-
         raise ModelNotFoundError(model_id) from None
     if result.error is not None:
         raise from_command_error(result.error)
     response.status_code = 202 if result.changed else 200
+    if wait_for and result.changed:
+        spec = orchestrator.spec(model_id)
+        timeout_s = settings.stop_grace_s + 15.0
+        if kind is CommandKind.RESTART:
+            timeout_s += spec.start_timeout_s or settings.start_timeout_s
+        await orchestrator.wait_for_state(model_id, wait_for, timeout_s=timeout_s)
     return status_public(orchestrator.status(model_id), engine_host=settings.engine_host)
 
 
@@ -66,10 +82,19 @@ async def start_model(
 
 @router.post("/{model_id}/stop", response_model=StatusPublic, responses=_ACCEPTED)
 async def stop_model(
-    model_id: ModelId, orchestrator: OrchestratorDep, settings: SettingsDep, response: Response
+    model_id: ModelId,
+    orchestrator: OrchestratorDep,
+    settings: SettingsDep,
+    response: Response,
+    wait: Wait = False,
 ) -> StatusPublic:
-    """Stops the engine's whole process group; 200 when it was already stopped."""
-    return await _command(model_id, CommandKind.STOP, orchestrator, settings, response)
+    """202 at once with state `stopping` while the engine's whole process group is stopped
+    (SIGTERM, SIGKILL after the grace period); with `wait=true` it answers once the engine is
+    stopped. 200 when it was already stopped."""
+    end = _STOP_END if wait else ()
+    return await _command(
+        model_id, CommandKind.STOP, orchestrator, settings, response, wait_for=end
+    )
 
 
 @router.post("/{model_id}/restart", response_model=StatusPublic, responses=_STARTS)
@@ -79,9 +104,15 @@ async def restart_model(
     settings: SettingsDep,
     response: Response,
     force: Force = False,
+    wait: Wait = False,
 ) -> StatusPublic:
-    """Stops the engine if it runs, then starts it; clears degraded and the restart budget."""
-    return await _command(model_id, CommandKind.RESTART, orchestrator, settings, response, force)
+    """Stops the engine if it runs, then starts it; clears degraded and the restart budget.
+    202 at once (state `stopping` when an engine ran); with `wait=true` it answers once the new
+    engine runs (or the start failed: the status says why)."""
+    end = _START_END if wait else ()
+    return await _command(
+        model_id, CommandKind.RESTART, orchestrator, settings, response, force, wait_for=end
+    )
 
 
 @router.get("/{model_id}/logs", response_class=PlainTextResponse)
@@ -90,7 +121,7 @@ async def model_logs(
     orchestrator: OrchestratorDep,
     tail: Annotated[int, Query(ge=1, le=10000, description="How many lines, from the end.")] = 100,
 ) -> PlainTextResponse:
-    lines = orchestrator.log_tail(model_id, tail)
+    lines = await orchestrator.log_tail(model_id, tail)
     return PlainTextResponse("".join(f"{line}\n" for line in lines))
 
 
@@ -100,7 +131,7 @@ async def model_events(
     orchestrator: OrchestratorDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[EventPublic]:
-    return [event_public(row) for row in orchestrator.events(model_id, limit=limit)]
+    return [event_public(row) for row in await orchestrator.events(model_id, limit=limit)]
 
 
 @router.get("/{model_id}/can-start", response_model=CanStartPublic)
@@ -108,7 +139,7 @@ async def can_start(
     model_id: ModelId, orchestrator: OrchestratorDep, force: Force = False
 ) -> CanStartPublic:
     """Dry run of the headroom check a start would make, with its figures."""
-    return CanStartPublic.model_validate(orchestrator.can_start(model_id, force=force))
+    return CanStartPublic.model_validate(await orchestrator.can_start(model_id, force=force))
 
 
 __all__ = ["ModelSpec", "router"]

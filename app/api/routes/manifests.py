@@ -10,8 +10,8 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from app.api.deps import OrchestratorDep, SettingsDep
 from app.api.manifest_schemas import AgentPublic, SyncReportPublic, agent_public, report_public
 from app.api.schemas import status_public
-from app.orchestrator.manager import ModelNotFoundError, Orchestrator
 from app.orchestrator.manifest_sync import AgentServing, ManifestSync
+from app.orchestrator.orchestrator import ModelNotFoundError, Orchestrator
 from app.settings import Settings
 
 router = APIRouter(tags=["manifests"])

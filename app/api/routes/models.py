@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from app.api.deps import OrchestratorDep, SettingsDep
+from app.api.errors import from_command_error
 from app.api.schemas import (
     ModelCreate,
     ModelPatch,
@@ -121,5 +122,8 @@ async def delete_model(
     orchestrator: OrchestratorDep,
     force: Annotated[bool, Query(description="Stop a running engine first.")] = False,
 ) -> Response:
-    await orchestrator.delete_model(model_id, force=force)
+    result = await orchestrator.delete_model(model_id, force=force)
+    if result.error is not None:
+        # The engine would not stop: the model stays registered, as it was, and this says why.
+        raise from_command_error(result.error)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

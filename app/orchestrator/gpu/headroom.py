@@ -202,6 +202,7 @@ class GpuAllocator:
         self._lock = asyncio.Lock()
         self._reserved: dict[str, GpuHold] = {}
         self._running: dict[str, GpuHold] = {}
+        self._last_snapshot: GpuSnapshot | None = None
 
     async def reserve(
         self,
@@ -222,6 +223,7 @@ class GpuAllocator:
             reserved_mib_by_gpu = self.reservations_mib()
             # Off the loop: NVML calls block, and nvmlInit can take seconds.
             snapshot = await asyncio.to_thread(self._probe.snapshot)
+            self._last_snapshot = snapshot
             decision = self._decide(
                 snapshot, reserved_mib_by_gpu, gpu_memory_util, tensor_parallel_size, force
             )
@@ -235,12 +237,12 @@ class GpuAllocator:
                 )
             return decision
 
-    def check(
+    async def check(
         self, *, gpu_memory_util: float, tensor_parallel_size: int, force: bool = False
     ) -> HeadroomDecision:
         """A dry run of `reserve`: counts current reservations, reserves nothing."""
         reserved_mib_by_gpu = self.reservations_mib()
-        snapshot = self._probe.snapshot()
+        snapshot = await asyncio.to_thread(self._probe.snapshot)
         return self._decide(
             snapshot, reserved_mib_by_gpu, gpu_memory_util, tensor_parallel_size, force
         )
@@ -261,6 +263,25 @@ class GpuAllocator:
         """Record an engine found running (e.g. re-adopted after an orchestrator restart)."""
         self._reserved.pop(model_id, None)
         self._place(GpuHold(model_id, "running", gpu_ids, dict.fromkeys(gpu_ids, held_mib)))
+
+    def adopt_gpus(
+        self, model_id: str, gpu_ids: tuple[int, ...], *, gpu_memory_util: float
+    ) -> None:
+        """Record an engine found running on `gpu_ids`, holding util x total on each (the
+        totals come from the last reading the allocator was given or the probe's)."""
+        if not gpu_ids:
+            return
+        snapshot = self._last_snapshot or self._probe.snapshot()
+        totals = {gpu.index: gpu.total_mib for gpu in snapshot.gpus}
+        if not all(gpu in totals for gpu in gpu_ids):
+            logger.warning("adopted %s on GPUs %s the probe does not show", model_id, gpu_ids)
+            return
+        held = max(held_mib(gpu_memory_util, totals[gpu]) for gpu in gpu_ids)
+        self.adopt(model_id, gpu_ids, held_mib=held)
+
+    async def refresh(self) -> None:
+        """Read the GPUs off the event loop and keep the reading for `adopt_gpus`."""
+        self._last_snapshot = await asyncio.to_thread(self._probe.snapshot)
 
     def mark_stopped(self, model_id: str) -> None:
         """The engine is gone: drop its reservation and placement."""

@@ -9,9 +9,12 @@ import signal
 
 import psutil
 
+from app.orchestrator.launchers.base import EngineHandle, EngineRecord, StopError
+
 # create_time is a float from /proc; two reads of one process agree to well under this.
 _CREATE_TIME_TOLERANCE_S = 0.05
 _GROUP_POLL_S = 0.02
+_SIGKILL_WAIT_S = 10.0
 
 
 def create_time(pid: int) -> float | None:
@@ -77,8 +80,9 @@ async def terminate_group(pgid: int, *, grace_s: float) -> None:
     if await wait_group_gone(pgid, grace_s):
         return
     signal_group(pgid, signal.SIGKILL)
-    if not await wait_group_gone(pgid, 10.0):
-        raise RuntimeError(f"process group {pgid} survived SIGKILL: {group_members(pgid)}")
+    if not await wait_group_gone(pgid, _SIGKILL_WAIT_S):
+        survivors = await asyncio.to_thread(group_members, pgid)
+        raise StopError(f"process group {pgid} survived SIGKILL: pids {survivors}", survivors)
 
 
 async def wait_pid_exit(pid: int, expected_create_time: float) -> None:
@@ -123,3 +127,80 @@ def find_by_launch_token(token: str) -> int | None:
         except (psutil.Error, ProcessLookupError):
             continue
     return None
+
+
+def processes_with_token(token: str) -> list[int]:
+    """Live processes whose environment carries GPU_ORCH_LAUNCH_TOKEN=token: an engine and every
+    child it forked or spawned (they inherit the environment, whatever group they moved to)."""
+    found = []
+    for process in psutil.process_iter(["pid", "status"]):
+        try:
+            if process.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if process.environ().get("GPU_ORCH_LAUNCH_TOKEN") == token:
+                found.append(process.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def find_recorded(record: EngineRecord, launcher: str) -> EngineHandle | None:
+    """Blocking (scans /proc): call it from a thread."""
+    pid, started = record.pid, record.create_time
+    if pid is None and record.launch_token:
+        pid = find_by_launch_token(record.launch_token)
+        started = create_time(pid) if pid is not None else None
+    if pid is None or started is None or not is_same_process(pid, started):
+        return None
+    return EngineHandle(
+        pid=pid,
+        create_time=started,
+        launcher=record.launcher or launcher,
+        unit_name=record.unit_name,
+        limits_enforced=record.limits_enforced,
+    )
+
+
+def leftovers(record: EngineRecord) -> list[int]:
+    """Blocking (scans /proc): the live members of the recorded group and the processes that
+    carry the run's token. The recorded group id is safe to signal while it has members: Linux
+    never hands out a pid that is still some group's id."""
+    pids = set(group_members(record.pid)) if record.pid else set()
+    if record.launch_token:
+        pids.update(processes_with_token(record.launch_token))
+    pids.discard(os.getpid())
+    return sorted(pids)
+
+
+def _signal_all(pids: list[int], signum: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+
+
+async def terminate_leftovers(record: EngineRecord, *, grace_s: float) -> list[int]:
+    """SIGTERM what is left of a recorded run, SIGKILL it after grace_s; StopError if any lives
+    on. Returns the pids found."""
+    found = await asyncio.to_thread(leftovers, record)
+    if not found:
+        return []
+    _signal_all(found, signal.SIGTERM)
+    if record.pid is not None:
+        signal_group(record.pid, signal.SIGTERM)
+    loop = asyncio.get_running_loop()
+    for signum, wait_s in ((signal.SIGKILL, grace_s), (None, _SIGKILL_WAIT_S)):
+        deadline = loop.time() + wait_s
+        while remaining := await asyncio.to_thread(leftovers, record):
+            if loop.time() >= deadline:
+                break
+            await asyncio.sleep(_GROUP_POLL_S)
+        if not remaining:
+            return found
+        if signum is None:
+            raise StopError(
+                f"leftovers of pid {record.pid} survived SIGKILL: {remaining}", remaining
+            )
+        _signal_all(remaining, signum)
+        if record.pid is not None:
+            signal_group(record.pid, signum)
+    return found

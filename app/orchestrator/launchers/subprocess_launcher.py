@@ -6,10 +6,16 @@ pipe; a session of its own, so a signal to the orchestrator's group never reache
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 
 from app.orchestrator.launchers import process
-from app.orchestrator.launchers.base import EngineHandle, LaunchError, LaunchRequest
+from app.orchestrator.launchers.base import (
+    EngineHandle,
+    EngineRecord,
+    LaunchError,
+    LaunchRequest,
+)
 
 
 class SubprocessLauncher:
@@ -70,3 +76,9 @@ class SubprocessLauncher:
 
     def is_alive(self, handle: EngineHandle) -> bool:
         return process.is_same_process(handle.pid, handle.create_time)
+
+    async def find(self, record: EngineRecord) -> EngineHandle | None:
+        return await asyncio.to_thread(process.find_recorded, record, self.name)
+
+    async def clear_leftovers(self, record: EngineRecord, *, grace_s: float) -> list[int]:
+        return await process.terminate_leftovers(record, grace_s=grace_s)

@@ -10,7 +10,12 @@ import asyncio
 import shutil
 
 from app.orchestrator.launchers import process
-from app.orchestrator.launchers.base import EngineHandle, LaunchError, LaunchRequest
+from app.orchestrator.launchers.base import (
+    EngineHandle,
+    EngineRecord,
+    LaunchError,
+    LaunchRequest,
+)
 
 _COMMAND_TIMEOUT_S = 30.0
 
@@ -124,3 +129,13 @@ class SystemdLauncher:
 
     def is_alive(self, handle: EngineHandle) -> bool:
         return process.is_same_process(handle.pid, handle.create_time)
+
+    async def find(self, record: EngineRecord) -> EngineHandle | None:
+        return await asyncio.to_thread(process.find_recorded, record, self.name)
+
+    async def clear_leftovers(self, record: EngineRecord, *, grace_s: float) -> list[int]:
+        # The unit's control group holds every process the engine started: stopping the unit
+        # ends them all; the scan after it catches any that left the cgroup.
+        if record.unit_name:
+            await _run(self.systemctl, "--user", "stop", record.unit_name)
+        return await process.terminate_leftovers(record, grace_s=grace_s)

@@ -1,126 +1,128 @@
-"""After an orchestrator restart: pick up engines that are still alive, fail the ones that died.
+"""After an orchestrator restart: what to do with each recorded model, as a pure function.
 
-An engine is ours only when its pid is alive with the recorded create time (a reused pid is a
-stranger), or, if the orchestrator died between spawn and record, when a process carries the
-run's launch token in its environment. Nothing is ever looked up or killed by name.
+`plan_adoption(facts)` looks at what the store recorded (state, desired state, when the state
+began), what the launcher observed (is the recorded engine's main process alive: same pid and
+start time, or a group leader carrying the run's launch token) and what the log said while the
+orchestrator was away (an OOM of the recorded run), and answers with one plan. The supervisor
+carries the plan out; before any plan runs it has already terminated whatever is left of a
+recorded engine whose main process died (vLLM's EngineCore and workers outlive the API server),
+so nothing new is ever launched beside old processes that still hold GPU memory.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from datetime import datetime
 
-from app.orchestrator.engine_run import EngineRun
-from app.orchestrator.gpu.headroom import held_mib
-from app.orchestrator.launchers import process
+from app.orchestrator.failures import FailureKind
 from app.orchestrator.launchers.base import EngineHandle
-from app.orchestrator.oom_tracking import OomFound
-from app.orchestrator.states import DesiredState, FailureKind, ModelState
-
-if TYPE_CHECKING:
-    from app.orchestrator.supervisor import Supervisor
+from app.orchestrator.lifecycle.states import DesiredState, ModelState
 
 
-def _recorded_handle(supervisor: Supervisor) -> EngineHandle | None:
-    status = supervisor.writer.status
-    pid, started = status.pid, status.pid_create_time
-    if pid is None and status.launch_token:
-        pid = process.find_by_launch_token(status.launch_token)
-        started = process.create_time(pid) if pid is not None else None
-    if pid is None or started is None or not process.is_same_process(pid, started):
-        return None
-    return EngineHandle(
-        pid=pid,
-        create_time=started,
-        launcher=status.launcher or supervisor.ctx.launcher.name,
-        unit_name=status.unit_name,
-        limits_enforced=bool(status.limits_enforced),
+@dataclass(frozen=True)
+class AdoptionFacts:
+    state: ModelState
+    desired: DesiredState
+    since: datetime
+    now: datetime
+    recorded_pid: int | None
+    alive: EngineHandle | None
+    log_failure: tuple[FailureKind, str] | None
+    start_timeout_s: float
+
+
+@dataclass(frozen=True)
+class Watch:
+    """The engine lives: pick it up as it was (running, or starting with what is left of its
+    start timeout)."""
+
+    handle: EngineHandle
+    ready: bool
+    remaining_s: float
+
+
+@dataclass(frozen=True)
+class FailAdopted:
+    """The engine lives, but its log shows it failed while we were away: adopt, then fail it."""
+
+    handle: EngineHandle
+    kind: FailureKind
+    detail: str
+
+
+@dataclass(frozen=True)
+class FinishStop:
+    """A stop (or the stop half of a restart) was under way: finish it, then start again if the
+    operator wants the model running."""
+
+    handle: EngineHandle
+    then_start: bool
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """What was being stopped is gone: record it stopped, then start if wanted."""
+
+    then_start: bool
+
+
+@dataclass(frozen=True)
+class Lost:
+    """The engine died while we were away: a failure like any other (backoff, budget)."""
+
+    kind: FailureKind
+    detail: str
+
+
+@dataclass(frozen=True)
+class ResumeBackoff:
+    """Failed and wanted running: the restart timer resumes with what is left of its delay."""
+
+
+@dataclass(frozen=True)
+class StartNow:
+    """Accepted as wanted running, never launched: launch now (a refusal is a failure)."""
+
+
+@dataclass(frozen=True)
+class Rest:
+    """Nothing to do."""
+
+
+AdoptionPlan = Watch | FailAdopted | FinishStop | Stopped | Lost | ResumeBackoff | StartNow | Rest
+
+_ENGINE_STATES = (ModelState.STARTING, ModelState.RUNNING, ModelState.STOPPING)
+
+
+def plan_adoption(facts: AdoptionFacts) -> AdoptionPlan:
+    wanted = facts.desired == DesiredState.RUNNING
+    if facts.state not in _ENGINE_STATES:
+        if facts.state == ModelState.FAILED and wanted:
+            return ResumeBackoff()  # FAILED -> (backoff) -> STARTING
+        if facts.state == ModelState.STOPPED and wanted:
+            return StartNow()  # killed between accepting a start and launching it
+        return Rest()
+    stopping = facts.state == ModelState.STOPPING or not wanted
+    if facts.alive is None:
+        if stopping:
+            return Stopped(then_start=wanted)  # STOPPING -> STOPPED (-> STARTING)
+        detail = f"engine (pid {facts.recorded_pid}) ended while the orchestrator was down"
+        if facts.log_failure is not None:
+            kind, evidence = facts.log_failure
+            return Lost(kind, f"{detail}: {evidence}")
+        return Lost(FailureKind.EXIT, detail)
+    if stopping:
+        return FinishStop(facts.alive, then_start=wanted)
+    if facts.log_failure is not None:
+        kind, evidence = facts.log_failure
+        return FailAdopted(facts.alive, kind, f"{kind.value}: {evidence}")
+    if facts.state == ModelState.RUNNING:
+        return Watch(facts.alive, ready=True, remaining_s=0.0)
+    elapsed_s = (facts.now - facts.since).total_seconds()
+    remaining_s = facts.start_timeout_s - elapsed_s
+    return Watch(
+        facts.alive,
+        ready=False,
+        remaining_s=max(0.0, remaining_s if math.isfinite(remaining_s) else 0.0),
     )
-
-
-async def adopt(supervisor: Supervisor) -> None:
-    writer = supervisor.writer
-    status = writer.status
-    state = writer.state
-    engine_state = state in (ModelState.STARTING, ModelState.RUNNING, ModelState.STOPPING)
-    # Catch up on lines written while we were away: an OOM of the recorded run counts now.
-    found = supervisor.oom.read(run_token=status.launch_token if engine_state else None)
-    if engine_state:
-        handle = _recorded_handle(supervisor)
-        if handle is None:
-            await _engine_lost(supervisor, state, found)
-            return
-        await _adopt_alive(supervisor, handle)
-        if found is not None and supervisor.run is not None:
-            await supervisor._fail(found.kind, f"{found.kind.value}: {found.evidence}")
-        return
-    if state == ModelState.FAILED and status.desired_state == DesiredState.RUNNING:
-        # FAILED -> (backoff) -> STARTING, with what is left of the delay.
-        supervisor.resume_backoff()
-    elif state == ModelState.STOPPED and status.desired_state == DesiredState.RUNNING:
-        # Killed between accepting a start and launching it: carry the start out now.
-        await supervisor._launch(
-            reason="start accepted before an orchestrator restart", force=False
-        )
-
-
-async def _engine_lost(supervisor: Supervisor, state: ModelState, found: OomFound | None) -> None:
-    writer = supervisor.writer
-    if state == ModelState.STOPPING or writer.status.desired_state == DesiredState.STOPPED:
-        # STOPPING -> STOPPED: what we were stopping is gone.
-        if state != ModelState.STOPPING:
-            writer.to(ModelState.STOPPING, "engine gone while the orchestrator was down")
-        writer.to(ModelState.STOPPED, "engine gone while the orchestrator was down", pid=None)
-        supervisor.ctx.release(supervisor.model_id)
-        if writer.status.desired_state == DesiredState.RUNNING:
-            await supervisor._launch(reason="finishing a restart begun before", force=False)
-        return
-    detail = f"engine (pid {writer.status.pid}) ended while the orchestrator was down"
-    if found is not None:
-        await supervisor._fail(found.kind, f"{detail}: {found.evidence}")
-        return
-    await supervisor._fail(FailureKind.EXIT, detail)
-
-
-async def _adopt_alive(supervisor: Supervisor, handle: EngineHandle) -> None:
-    ctx, writer = supervisor.ctx, supervisor.writer
-    status = writer.status
-    spec = ctx.spec(supervisor.model_id)
-    port = status.port
-    assert port is not None
-    ctx.ports.hold(supervisor.model_id, port)
-    snapshot = ctx.gpu_probe.snapshot()
-    totals = {gpu.index: gpu.total_mib for gpu in snapshot.gpus}
-    gpu_ids = tuple(status.gpu_ids)
-    if gpu_ids and all(gpu in totals for gpu in gpu_ids):
-        held = max(held_mib(spec.gpu_memory_util, totals[gpu]) for gpu in gpu_ids)
-        ctx.allocator.adopt(supervisor.model_id, gpu_ids, held_mib=held)
-    supervisor.generation += 1
-    run = EngineRun(
-        generation=supervisor.generation,
-        handle=handle,
-        launch_token=status.launch_token or "",
-        base_url=ctx.base_url(port),
-    )
-    writer.save(
-        {"kind": "adopted", "reason": f"pid {handle.pid} still alive, adopted"},
-        pid=handle.pid,
-        pid_create_time=handle.create_time,
-    )
-    if writer.state == ModelState.STOPPING or status.desired_state == DesiredState.STOPPED:
-        # A stop (or the stop half of a restart) was under way: finish it, then honour what
-        # the operator asked.
-        desired = DesiredState(status.desired_state)
-        supervisor.run = run
-        await supervisor._stop_engine("finishing a stop begun before the restart", desired=desired)
-        if desired == DesiredState.RUNNING:
-            await supervisor._launch(reason="finishing a restart begun before", force=False)
-        return
-    supervisor.run = run
-    if writer.state == ModelState.RUNNING:
-        supervisor._watch(run, ready=True)
-        return
-    elapsed_s = (ctx.clock.now() - status.since).total_seconds()
-    remaining_s = max(0.0, ctx.start_timeout_s(supervisor.model_id) - elapsed_s)
-    deadline = ctx.clock.monotonic() + (remaining_s if math.isfinite(remaining_s) else 0.0)
-    supervisor._watch(run, ready=False, deadline=deadline)

@@ -1,80 +1,30 @@
-"""Launching one engine run: headroom, port, adapters, argv, then the launcher.
+"""Launching one engine run: adapters, headroom, port, argv, then the launcher.
 
 The run's identity (launch token, port, GPUs) is persisted as `starting` before the process is
-spawned, so an orchestrator killed in between can still find the engine by its token.
+spawned, so an orchestrator killed in between can still find the engine by its token. Whatever
+was reserved (GPU memory, a port) is released on every way out that does not end in a spawned
+engine: a refusal, a bad adapter, a failed spawn, an exception, a cancellation.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from app.orchestrator.clock import Clock
-from app.orchestrator.engine_command import build_engine_command
-from app.orchestrator.gpu.headroom import GpuAllocator, HeadroomDecision
-from app.orchestrator.gpu.probe import GpuProbe
-from app.orchestrator.health import HealthProbe
-from app.orchestrator.launchers.base import EngineHandle, Launcher, LaunchError, LaunchRequest
-from app.orchestrator.logwatch import LogDirWatcher, tail_lines
+from app.orchestrator.engine_command import EngineCommand, build_engine_command
+from app.orchestrator.gpu.headroom import HeadroomDecision
+from app.orchestrator.launchers.base import EngineHandle, LaunchError, LaunchRequest
+from app.orchestrator.lifecycle.context import RunContext
+from app.orchestrator.lifecycle.errors import CommandError, ErrorCode
+from app.orchestrator.lifecycle.states import DesiredState, ModelState
+from app.orchestrator.lifecycle.status_writer import StatusWriter
 from app.orchestrator.lora import AdapterError
-from app.orchestrator.messages import CommandError
-from app.orchestrator.metrics import Metrics
-from app.orchestrator.ports import PortAllocator, PortUnavailableError
-from app.orchestrator.registry import Registry
-from app.orchestrator.resolver import ModelResolver
-from app.orchestrator.spec import ModelSpec, RestartPolicy
-from app.orchestrator.states import DesiredState, ModelState
-from app.orchestrator.transitions import StatusWriter
-from app.settings import Settings
-
-
-@dataclass
-class RunContext:
-    """What every supervisor shares: the outside world, each behind its interface."""
-
-    settings: Settings
-    registry: Registry
-    launcher: Launcher
-    allocator: GpuAllocator
-    gpu_probe: GpuProbe
-    health: HealthProbe
-    clock: Clock
-    metrics: Metrics
-    ports: PortAllocator
-    log_watcher: LogDirWatcher
-    resolver: ModelResolver
-    parent_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
-
-    def spec(self, model_id: str) -> ModelSpec:
-        spec = self.registry.spec(model_id)
-        if spec is None:
-            raise LookupError(model_id)
-        return spec
-
-    def policy(self, model_id: str) -> RestartPolicy:
-        return self.spec(model_id).restart_policy
-
-    def start_timeout_s(self, model_id: str) -> float:
-        return self.spec(model_id).start_timeout_s or self.settings.start_timeout_s
-
-    def log_path(self, model_id: str) -> Path:
-        return self.settings.resolved_log_dir / f"{model_id}.log"
-
-    def log_tail(self, model_id: str, count: int) -> list[str]:
-        return tail_lines(self.log_path(model_id), count)
-
-    def base_url(self, port: int) -> str:
-        return f"http://{self.settings.engine_host}:{port}"
-
-    def release(self, model_id: str) -> None:
-        """The engine is gone (or never started): free its GPU memory and port."""
-        self.allocator.mark_stopped(model_id)
-        self.ports.release(model_id)
+from app.orchestrator.ports import PortUnavailableError
+from app.orchestrator.resolver import ResolvedModel
+from app.orchestrator.spec import ModelSpec
 
 
 @dataclass
@@ -83,6 +33,10 @@ class EngineRun:
     handle: EngineHandle
     launch_token: str
     base_url: str
+    # The deadline this run's start is judged by (monotonic seconds) and the timeout it came
+    # from; a spec edit of start_timeout_s during the start moves both.
+    start_timeout_s: float = 0.0
+    start_deadline: float = 0.0
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
@@ -98,40 +52,24 @@ class EngineRun:
 
 def _refusal(decision: HeadroomDecision) -> CommandError:
     # A refused decision always carries its code; the fallback only satisfies the type.
-    code = decision.code or "insufficient_gpu_memory"
+    code = ErrorCode(decision.code or ErrorCode.INSUFFICIENT_GPU_MEMORY)
     return CommandError(code=code, message=decision.reason, figures=decision.to_dict())
 
 
-async def launch_engine(
-    ctx: RunContext, writer: StatusWriter, *, generation: int, reason: str, force: bool
-) -> EngineRun | CommandError:
-    """Launch an engine for the writer's model; a CommandError when it cannot even begin.
+def _adapter_refusal(error: AdapterError) -> CommandError:
+    return CommandError(ErrorCode.ADAPTER_INVALID, str(error), figures=dict(error.figures))
 
-    Headroom and port refusals leave the status untouched (the start is refused); a failure to
-    spawn returns code launch_failed after the run was recorded as starting.
-    """
-    spec = ctx.spec(writer.model_id)
-    try:
-        resolved = ctx.resolver.resolve(spec)
-    except AdapterError as error:
-        return CommandError(code="adapter_invalid", message=str(error))
-    decision = await ctx.allocator.reserve(
-        spec.id,
-        gpu_memory_util=spec.gpu_memory_util,
-        tensor_parallel_size=spec.tensor_parallel_size,
-        force=force,
-    )
-    if not decision.ok:
-        return _refusal(decision)
-    try:
-        port = ctx.ports.acquire(spec.id, spec.port)
-    except PortUnavailableError as error:
-        ctx.allocator.release(spec.id)
-        return CommandError(
-            code="port_unavailable", message=str(error), figures={"port": spec.port}
-        )
-    token = uuid.uuid4().hex
-    command = build_engine_command(
+
+def _command(
+    ctx: RunContext,
+    spec: ModelSpec,
+    resolved: ResolvedModel,
+    *,
+    port: int,
+    gpu_ids: tuple[int, ...],
+    token: str,
+) -> EngineCommand:
+    return build_engine_command(
         spec,
         base_command=ctx.settings.vllm_command,
         model_path=resolved.model_path,
@@ -140,11 +78,73 @@ async def launch_engine(
         adapters=resolved.adapters,
         parent_env=ctx.parent_env,
         engine_env=ctx.settings.engine_env,
-        gpu_ids=decision.gpu_ids,
+        gpu_ids=gpu_ids,
         launch_token=token,
     )
+
+
+async def launch_engine(
+    ctx: RunContext,
+    writer: StatusWriter,
+    spec: ModelSpec,
+    *,
+    generation: int,
+    reason: str,
+    force: bool,
+) -> EngineRun | CommandError:
+    """Launch an engine for `spec`; a CommandError when it cannot even begin.
+
+    Refusals (adapters, headroom, port) leave the status untouched; a failure to spawn returns
+    code launch_failed after the run was recorded as starting.
+    """
+    try:
+        resolved = ctx.resolver.resolve(spec)
+        # The argv is built once before anything is reserved, so an adapter vLLM cannot take
+        # is refused here and never holds memory or a port (the real build follows).
+        _command(ctx, spec, resolved, port=0, gpu_ids=(), token="")
+    except AdapterError as error:
+        return _adapter_refusal(error)
+    decision = await ctx.allocator.reserve(
+        spec.id,
+        gpu_memory_util=spec.gpu_memory_util,
+        tensor_parallel_size=spec.tensor_parallel_size,
+        force=force,
+    )
+    if not decision.ok:
+        return _refusal(decision)
+    launched = False
+    try:
+        outcome = await _reserved_launch(
+            ctx, writer, spec, resolved, decision, generation=generation, reason=reason
+        )
+        launched = isinstance(outcome, EngineRun)
+        return outcome
+    finally:
+        if not launched:
+            ctx.release(spec.id)
+
+
+async def _reserved_launch(
+    ctx: RunContext,
+    writer: StatusWriter,
+    spec: ModelSpec,
+    resolved: ResolvedModel,
+    decision: HeadroomDecision,
+    *,
+    generation: int,
+    reason: str,
+) -> EngineRun | CommandError:
+    try:
+        port = ctx.ports.acquire(spec.id, spec.port)
+    except PortUnavailableError as error:
+        return CommandError(ErrorCode.PORT_UNAVAILABLE, str(error), figures={"port": spec.port})
+    token = uuid.uuid4().hex
+    try:
+        command = _command(ctx, spec, resolved, port=port, gpu_ids=decision.gpu_ids, token=token)
+    except AdapterError as error:
+        return _adapter_refusal(error)
     writer.set_desired(DesiredState.RUNNING)
-    # STOPPED|FAILED|DEGRADED -> STARTING, recorded before the spawn.
+    # STOPPED|FAILED|DEGRADED -> STARTING, recorded (and committed) before the spawn.
     writer.to(
         ModelState.STARTING,
         reason,
@@ -157,6 +157,7 @@ async def launch_engine(
         next_attempt_at=None,
         restart_needed=False,
     )
+    await ctx.registry.flush()
     request = LaunchRequest(
         model_id=spec.id,
         argv=command.argv,
@@ -169,7 +170,7 @@ async def launch_engine(
     try:
         handle = await ctx.launcher.launch(request)
     except LaunchError as error:
-        return CommandError(code="launch_failed", message=str(error))
+        return CommandError(ErrorCode.LAUNCH_FAILED, str(error))
     writer.save(
         {"kind": "launched", "reason": f"pid {handle.pid} via {handle.launcher}"},
         pid=handle.pid,
@@ -179,6 +180,12 @@ async def launch_engine(
         limits_enforced=handle.limits_enforced,
         notes={**writer.status.notes, **handle.notes},
     )
+    timeout_s = spec.start_timeout_s or ctx.settings.start_timeout_s
     return EngineRun(
-        generation=generation, handle=handle, launch_token=token, base_url=ctx.base_url(port)
+        generation=generation,
+        handle=handle,
+        launch_token=token,
+        base_url=ctx.base_url(port),
+        start_timeout_s=timeout_s,
+        start_deadline=ctx.clock.monotonic() + timeout_s,
     )

@@ -1,4 +1,5 @@
-"""What a model's supervisor is told: operator commands and what its watchers observed.
+"""What a model's supervisor is told: operator commands, spec changes, and what its watchers
+observed.
 
 Observations carry the generation of the engine run they are about; the supervisor drops those of
 runs that have already ended, so a late event can never act on a newer engine.
@@ -7,9 +8,11 @@ runs that have already ended, so a late event can never act on a newer engine.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+
+from app.orchestrator.lifecycle.errors import CommandResult
+from app.orchestrator.spec import ModelSpec
 
 
 class CommandKind(StrEnum):
@@ -22,23 +25,22 @@ class CommandKind(StrEnum):
     SHUTDOWN = "shutdown"
 
 
-@dataclass(frozen=True)
-class CommandError:
-    code: str
-    message: str
-    figures: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    changed: bool
-    error: CommandError | None = None
-
-
 @dataclass
 class Command:
     kind: CommandKind
     force: bool = False
+    reply: asyncio.Future[CommandResult] | None = None
+
+
+@dataclass
+class UpdateSpec:
+    """Replace the spec. `running_policy` says what a change an engine reads only at launch does
+    while one runs: "refuse" (409 model_running, the API's rule) or "flag" (restart_needed, the
+    manifests' rule)."""
+
+    spec: ModelSpec
+    source: str
+    running_policy: str = "refuse"
     reply: asyncio.Future[CommandResult] | None = None
 
 
@@ -84,10 +86,8 @@ class LogGrew:
     pass
 
 
-Message = (
-    Command
-    | Adopt
-    | EngineReady
+Observation = (
+    EngineReady
     | EngineExited
     | StartTimedOut
     | HealthFailed
@@ -95,3 +95,4 @@ Message = (
     | StableElapsed
     | LogGrew
 )
+Message = Command | UpdateSpec | Adopt | Observation

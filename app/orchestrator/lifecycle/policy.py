@@ -4,19 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.orchestrator.failures import DETERMINISTIC_KINDS, REMEDIES, FailureKind
 from app.orchestrator.spec import RestartPolicy
-from app.orchestrator.states import DETERMINISTIC_KINDS, FailureKind
-
-REMEDIES: dict[FailureKind, str] = {
-    FailureKind.KV_CACHE_INSUFFICIENT: (
-        "the KV cache does not fit: raise gpu_memory_util or lower max_model_len, then start again"
-    ),
-    FailureKind.GPU_OOM: (
-        "GPU out of memory: lower gpu_memory_util or max_model_len, or free the GPU of other "
-        "processes"
-    ),
-    FailureKind.HOST_OOM: "host out of memory: raise memory_max or free host memory",
-}
 
 
 @dataclass(frozen=True)
@@ -53,8 +42,3 @@ def decide_after_failure(
         )
     # FAILED -> (backoff) -> STARTING
     return Restart(delay_s=next_backoff(consecutive_failures, policy), attempt=consecutive_failures)
-
-
-def failure_message(kind: FailureKind, detail: str) -> str:
-    remedy = REMEDIES.get(kind)
-    return f"{detail} ({remedy})" if remedy else detail

@@ -3,10 +3,11 @@ and the stability timer once it runs."""
 
 from __future__ import annotations
 
-from app.orchestrator import watchers
-from app.orchestrator.engine_run import EngineRun, RunContext
-from app.orchestrator.messages import StableElapsed
-from app.orchestrator.watchers import Post
+from app.orchestrator.lifecycle import watchers
+from app.orchestrator.lifecycle.context import RunContext
+from app.orchestrator.lifecycle.launch import EngineRun
+from app.orchestrator.lifecycle.messages import StableElapsed
+from app.orchestrator.lifecycle.watchers import Post
 
 
 def watch_run(
@@ -14,23 +15,20 @@ def watch_run(
     run: EngineRun,
     post: Post,
     *,
-    model_id: str,
     ready: bool,
-    deadline: float | None = None,
+    stable_after_s: float,
 ) -> None:
     run.spawn(watchers.watch_exit(ctx.launcher, run.handle, run.generation, post))
     if ready:
-        _watch_running(ctx, run, post, model_id=model_id)
+        _watch_running(ctx, run, post, stable_after_s=stable_after_s)
         return
     settings = ctx.settings
-    if deadline is None:
-        deadline = ctx.clock.monotonic() + ctx.start_timeout_s(model_id)
     run.spawn(
         watchers.await_ready(
             ctx.health,
             ctx.clock,
             base_url=run.base_url,
-            deadline=deadline,
+            deadline=lambda: run.start_deadline,
             interval_min_s=settings.readiness_interval_min_s,
             interval_max_s=settings.readiness_interval_max_s,
             generation=run.generation,
@@ -39,7 +37,7 @@ def watch_run(
     )
 
 
-def _watch_running(ctx: RunContext, run: EngineRun, post: Post, *, model_id: str) -> None:
+def _watch_running(ctx: RunContext, run: EngineRun, post: Post, *, stable_after_s: float) -> None:
     settings = ctx.settings
     run.spawn(
         watchers.watch_health(
@@ -53,7 +51,8 @@ def _watch_running(ctx: RunContext, run: EngineRun, post: Post, *, model_id: str
             post=post,
         )
     )
-    stable_s = ctx.policy(model_id).stable_after_s
     run.spawn(
-        watchers.after_delay(ctx.clock, stable_s, StableElapsed(generation=run.generation), post)
+        watchers.after_delay(
+            ctx.clock, stable_after_s, StableElapsed(generation=run.generation), post
+        )
     )

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from app.orchestrator.clock import Clock
 from app.orchestrator.health import HealthProbe
 from app.orchestrator.launchers.base import EngineHandle, Launcher
-from app.orchestrator.messages import (
+from app.orchestrator.lifecycle.messages import (
     BackoffElapsed,
     EngineExited,
     EngineReady,
@@ -30,7 +30,7 @@ async def await_ready(
     clock: Clock,
     *,
     base_url: str,
-    deadline: float,
+    deadline: Callable[[], float],
     interval_min_s: float,
     interval_max_s: float,
     generation: int,
@@ -38,13 +38,14 @@ async def await_ready(
 ) -> None:
     """Poll /health from launch: a short interval that backs off slowly, so the lag between the
     engine's first 200 and `running` stays in tens of milliseconds for fast and slow loads alike.
-    Connection refused is normal while the engine loads."""
+    Connection refused is normal while the engine loads. `deadline` is read on every poll: a
+    spec edit of start_timeout_s moves it for the start under way."""
     interval = interval_min_s
     while True:
         if await health.healthy(base_url, timeout_s=max(interval_max_s, 1.0)):
             post(EngineReady(generation=generation))
             return
-        if clock.monotonic() >= deadline:
+        if clock.monotonic() >= deadline():
             post(StartTimedOut(generation=generation))
             return
         await clock.sleep(interval)
