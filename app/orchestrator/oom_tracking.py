@@ -3,20 +3,26 @@
 The read offset is persisted with the status, so lines already seen are never read again, also
 across orchestrator restarts; an OOM is counted once per engine run (its launch token), however
 many lines of its traceback match and however often the file is read.
+
+Reading never runs on the event loop: after downtime the backlog may be hundreds of MB, and one
+blocking read would stall every supervisor, health probe and request of the service. Each step
+reads and classifies one bounded chunk in a worker thread (`asyncio.to_thread`) and keeps only
+the first OOM found, so memory does not grow with the backlog and the loop runs between chunks.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from app.orchestrator.logwatch import LogFollower
-from app.orchestrator.oom import classify_line
-from app.orchestrator.states import FailureKind
+from app.orchestrator.failures import FailureKind
+from app.orchestrator.logwatch import MAX_READ_BYTES, LogFollower
+from app.orchestrator.oom import LogScanner, OomFigures, OomMatch
 
 if TYPE_CHECKING:
-    from app.orchestrator.engine_run import RunContext
-    from app.orchestrator.transitions import StatusWriter
+    from app.orchestrator.lifecycle.context import RunContext
+    from app.orchestrator.lifecycle.status_writer import StatusWriter
 
 # Persist the offset at most this often when nothing notable was read: re-reading a minute of
 # healthy lines after a restart is harmless, a commit per health-check access line is not.
@@ -27,6 +33,15 @@ _OFFSET_SAVE_INTERVAL_S = 60.0
 class OomFound:
     kind: FailureKind
     evidence: str
+    figures: OomFigures = field(default_factory=OomFigures)
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """What one step in the worker thread read: whether there was anything, the first match."""
+
+    read_any: bool
+    match: OomMatch | None
 
 
 class OomTracker:
@@ -38,27 +53,49 @@ class OomTracker:
         self.follower = LogFollower(
             ctx.log_path(model_id), offset=status.log_offset, inode=status.log_inode
         )
+        self.scanner = LogScanner()
         self._saved_at = ctx.clock.monotonic()
         self._saved = (status.log_offset, status.log_inode)
 
-    def read(self, *, run_token: str | None) -> OomFound | None:
-        """Read what was appended; return the first OOM of the current run not yet counted."""
-        found: OomFound | None = None
-        for line in self.follower.read_new():
-            match = classify_line(line)
-            if match is None or found is not None or run_token is None:
-                continue
-            if self.writer.status.notes.get("oom_counted_token") == run_token:
-                continue
-            found = OomFound(kind=FailureKind(match.kind.value), evidence=match.evidence)
+    async def read(self, *, run_token: str | None) -> OomFound | None:
+        """Read what was appended; return the first OOM of the current run not yet counted.
+
+        `run_token` is the launch token of the run that writes the log now, None when no run
+        does: then a file rotated away from under the engine is finished and left.
+        """
+        first: OomMatch | None = None
+        while True:
+            chunk = await asyncio.to_thread(self._read_chunk, writer_running=run_token is not None)
+            if first is None:
+                first = chunk.match
+            if not chunk.read_any:
+                break
         # Kept in the status in memory, so any status change persists it too.
         status = self.writer.status
         status.log_offset, status.log_inode = self.follower.offset, self.follower.inode
+        found = self._countable(first, run_token)
         if found is not None:
             self._count(found, run_token)
         elif self._offset_changed() and self._save_due():
             self._save_offset()
         return found
+
+    def _read_chunk(self, *, writer_running: bool) -> _Chunk:
+        """One bounded step, in a worker thread: read up to MAX_READ_BYTES, classify it."""
+        lines = self.follower.read_chunk(max_bytes=MAX_READ_BYTES, writer_running=writer_running)
+        first: OomMatch | None = None
+        for line in lines:
+            match = self.scanner.feed(line)
+            if first is None:
+                first = match
+        return _Chunk(read_any=bool(lines), match=first)
+
+    def _countable(self, match: OomMatch | None, run_token: str | None) -> OomFound | None:
+        if match is None or run_token is None:
+            return None
+        if self.writer.status.notes.get("oom_counted_token") == run_token:
+            return None
+        return OomFound(kind=match.kind, evidence=match.evidence, figures=match.figures)
 
     def _count(self, found: OomFound, run_token: str | None) -> None:
         self.ctx.metrics.vllm_ooms_total.labels(model=self.model_id).inc()
@@ -67,7 +104,11 @@ class OomTracker:
             {
                 "kind": "oom",
                 "reason": found.evidence,
-                "data": {"kind": found.kind.value, "evidence": found.evidence},
+                "data": {
+                    "kind": found.kind.value,
+                    "evidence": found.evidence,
+                    "figures": found.figures.as_dict(),
+                },
             },
             ooms_total=status.ooms_total + 1,
             notes={**status.notes, "oom_counted_token": run_token},

@@ -1,4 +1,8 @@
-"""The engine-log failure classifier, on captured real messages and healthy lines around them."""
+"""The engine-log failure classifier, on captured real messages and healthy lines around them.
+
+The fixtures in tests/fixtures/oom/ are split (see its README.md): the build split must scan to
+its exact kind and line; the held-out split is measured as a whole, recall and precision.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +12,24 @@ from pathlib import Path
 
 import pytest
 
+from app.orchestrator.failures import OOM_KINDS, FailureKind
 from app.orchestrator.oom import (
     EVIDENCE_MAX_CHARS,
-    REMEDIES,
-    FailureKind,
-    OomMatch,
+    LogScanner,
+    OomFigures,
     classify_line,
     scan_file,
     scan_lines,
 )
+from app.orchestrator.oom_rules import BARE_KILLED, PREFILTER_TOKENS, RULES, Rule
 
 FIXTURES_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "oom"
 EXPECTED: dict[str, dict[str, object]] = json.loads(
     (FIXTURES_DIR / "expected.json").read_text(encoding="utf-8")
 )
+BUILD = sorted(name for name, item in EXPECTED.items() if item["split"] == "build")
+HELD_OUT = sorted(name for name, item in EXPECTED.items() if item["split"] == "heldout")
+ESC = "\x1b"
 
 POSITIVE_LINES: list[tuple[str, FailureKind]] = [
     # GPU
@@ -194,6 +202,92 @@ POSITIVE_LINES: list[tuple[str, FailureKind]] = [
         "Cannot allocate memory (12)",
         FailureKind.HOST_OOM,
     ),
+    # Found on logs the rules were not first written from (tests/fixtures/oom/README.md).
+    (
+        "ValueError: Available memory on node 0 (7.11/8.71 GiB) on kv cache allocation is less "
+        "than requested memory for kv (1862.65 GiB). Decrease --kv-cache-memory-bytes, "
+        "VLLM_CPU_KVCACHE_SPACE, or reduce CPU memory used by other processes.",
+        FailureKind.KV_CACHE_INSUFFICIENT,
+    ),
+    (
+        "(EngineCore_DP0 pid=22551) INFO 06-29 14:49:31 [gpu_worker.py:298] Available KV cache "
+        "memory: -8.42 GiB",
+        FailureKind.KV_CACHE_INSUFFICIENT,
+    ),
+    (
+        "INFO 03-10 22:12:16 worker.py:295] model weights take 5.43GiB; non_torch_memory takes "
+        "-0.51GiB; PyTorch activation peak memory takes 1.42GiB; the rest of the memory reserved "
+        "for KV Cache is -0.94GiB.",
+        FailureKind.KV_CACHE_INSUFFICIENT,
+    ),
+    (
+        "INFO 03-10 22:12:16 executor_base.py:110] # cuda blocks: 0, # CPU blocks: 4681",
+        FailureKind.KV_CACHE_INSUFFICIENT,
+    ),
+    (
+        "INFO 03-10 22:12:16 executor_base.py:115] Maximum concurrency for 4200 tokens per "
+        "request: 0.00x",
+        FailureKind.KV_CACHE_INSUFFICIENT,
+    ),
+    ("RuntimeError: Triton Error [CUDA]: out of memory", FailureKind.GPU_OOM),
+    ("CUDA Error: out of memory at /workspace/csrc/cumem_allocator.cpp:62", FailureKind.GPU_OOM),
+    (
+        "host:88412:88590 [1] include/alloc.h:125 NCCL WARN Cuda failure 2 'out of memory'",
+        FailureKind.GPU_OOM,
+    ),
+    (
+        "RuntimeError: NPU out of memory. Tried to allocate 30.00 MiB (NPU 3; 60.96 GiB total "
+        "capacity; 60.34 GiB already allocated; 14.24 MiB free)",
+        FailureKind.GPU_OOM,
+    ),
+    (
+        "RuntimeError: MPS backend out of memory (MPS allocated: 17.00 GB, other allocations: "
+        "1.17 GB, max allowed: 18.13 GB). Tried to allocate 256.00 MB on private pool.",
+        FailureKind.GPU_OOM,
+    ),
+    ("RuntimeError: UR_RESULT_ERROR_OUT_OF_DEVICE_MEMORY", FailureKind.GPU_OOM),
+    ("RuntimeError: CUDA driver error: out of memory", FailureKind.GPU_OOM),
+    ("cuda.bindings: CUDA_ERROR_OUT_OF_MEMORY: out of memory", FailureKind.GPU_OOM),
+    ("torch.OutOfMemoryError", FailureKind.GPU_OOM),
+    (
+        "jaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: Error allocating device "
+        "buffer: Attempting to allocate 1.00G. That was not possible.",
+        FailureKind.GPU_OOM,
+    ),
+    (
+        "ray.exceptions.OutOfMemoryError: 1 worker(s) were killed due to the node running low "
+        "on memory.",
+        FailureKind.HOST_OOM,
+    ),
+    (
+        "Memory on the node (IP: 10.0.0.5, ID: 3486ef) where the task (actor ID: 46c8, "
+        "name=RayWorkerWrapper.__init__, pid=13378, memory used=3.37GB) was running was "
+        "59.84GB / 62.51GB (0.957347), which exceeds the memory usage threshold of 0.95. Ray "
+        "killed this worker (ID: 5dd7) because it was the most recently scheduled task",
+        FailureKind.HOST_OOM,
+    ),
+    ("Worker exit type: NODE_OUT_OF_MEMORY Worker exit detail: none", FailureKind.HOST_OOM),
+    ("      Reason:       OOMKilled", FailureKind.HOST_OOM),
+    ('            "OOMKilled": true,', FailureKind.HOST_OOM),
+    (
+        "systemd-oomd[812]: Killed /user.slice/app.slice/vllm.service due to memory pressure "
+        "for /user.slice being 82.31% > 50.00% for > 20s with reclaim activity",
+        FailureKind.HOST_OOM,
+    ),
+    ("oom_reaper: reaped process 40213 (python3), now anon-rss:0kB", FailureKind.HOST_OOM),
+    (
+        "RuntimeError: [enforce fail at alloc_cpu.cpp:114] data. DefaultCPUAllocator: not enough "
+        "memory: you tried to allocate 1073741824 bytes.",
+        FailureKind.HOST_OOM,
+    ),
+    (
+        "ValueError: Available memory on node 0 (7.24/8.71 GiB) on startup is less than desired "
+        "CPU memory utilization (0.99, 8.63 GiB).",
+        FailureKind.HOST_OOM,
+    ),
+    ("2025-03-02T11:05:37.006145890Z Killed", FailureKind.HOST_OOM),
+    ("vllm-1  | Killed", FailureKind.HOST_OOM),
+    ("2025-07-10T08:59:40.1Z stderr F Killed", FailureKind.HOST_OOM),
 ]
 
 NEGATIVE_LINES: list[str] = [
@@ -249,11 +343,45 @@ NEGATIVE_LINES: list[str] = [
     "INFO 11-23 10:02:43 [backends.py:548] Using cache directory: "
     "/root/.cache/vllm/torch_compile_cache/3f2a1c9e7b/rank_0_0/backbone",
     "",
+    # Healthy lines of vLLM 0.32 (its CPU build included) and others that mention memory.
+    "(Worker pid=27839) INFO 12-01 09:00:49 [cpu_worker.py:260] Explicitly set (1.0/8.71) GiB "
+    "for KV cache on node 0.",
+    "(EngineCore pid=27635) INFO 12-01 09:00:49 [kv_cache_utils.py:2327] CPU KV cache size: "
+    "524,288 tokens, Maximum concurrency for 256 tokens per request: 2048.00x",
+    "(APIServer pid=1) INFO 11-18 13:40:02 [api_utils.py:286] non-default args: {'port': 8000, "
+    "'kv_cache_memory_bytes': 2000000000000}",
+    "(EngineCore_DP0 pid=1) INFO 11-18 13:40:02 [gpu_worker.py:301] Initial free memory 78.62 "
+    "GiB, reserved 20.00 GiB memory for KV Cache as specified by kv_cache_memory_bytes config "
+    "and skipped memory profiling. If OOM'ed, check the difference of initial free memory.",
+    "WARNING 11-18 13:40:09 [gpu_worker.py:512] consider lowering --gpu-memory-utilization to "
+    "avoid OOM.",
+    "WARNING 11-18 13:40:10 [fused_moe.py:1102] First inference may OOM due to the autotuner.",
+    "[2025-07-03 12:45:27,563] LMCache WARNING: Failed to allocate memory for the KV cache.",
+    '            "OOMKilled": false,',
+    "      Reason:       Error",
+    "scalellm exited with code 137",
+    "vllm-tiny.service: Main process exited, code=killed, status=9/KILL",
+    "vllm-tiny.service: Killing process 4102 (python3) with signal SIGKILL.",
+    "ValueError: This model's maximum context length is 4096 tokens. However, you requested "
+    "5000 tokens.",
+    "UserWarning: resource_tracker: There appear to be 2 leaked shared_memory objects to clean "
+    "up at shutdown",
+    "INFO 11-22 03:12:40 distributed_gpu_executor.py:57] # GPU blocks: 1638, # CPU blocks: 0",
+    "INFO 11-22 03:12:40 distributed_gpu_executor.py:61] Maximum concurrency for 16384 tokens "
+    "per request: 1.60x",
+    "grpc._channel._InactiveRpcError: status = StatusCode.RESOURCE_EXHAUSTED: Received message "
+    "larger than max (4194314 vs. 4194304)",
+    "    except torch.OutOfMemoryError as error:",
 ]
 
 
-@pytest.mark.parametrize("fixture_name", sorted(EXPECTED))
-def test_scan_file_finds_expected_kind_and_line_in_fixture(fixture_name: str) -> None:
+def _kind_and_evidence(line: str) -> tuple[FailureKind, str] | None:
+    match = classify_line(line)
+    return None if match is None else (match.kind, match.evidence)
+
+
+@pytest.mark.parametrize("fixture_name", BUILD)
+def test_scan_file_finds_expected_kind_and_line_in_build_fixture(fixture_name: str) -> None:
     expected = EXPECTED[fixture_name]
     path = FIXTURES_DIR / fixture_name
 
@@ -271,22 +399,82 @@ def test_scan_file_finds_expected_kind_and_line_in_fixture(fixture_name: str) ->
         assert len(evidence) <= EVIDENCE_MAX_CHARS
 
 
+def test_scan_file_on_held_out_logs_reaches_recall_and_precision_goal() -> None:
+    """Logs from sources the rules were not written from (tests/fixtures/oom/README.md): a
+    found failure counts when its kind is right, a wrong kind is a false positive and a miss."""
+    true_positives = false_positives = false_negatives = 0
+    wrong: list[str] = []
+    for name in HELD_OUT:
+        expected = EXPECTED[name]["kind"]
+        found = scan_file(FIXTURES_DIR / name)["kind"]
+        if found is not None and found == expected:
+            true_positives += 1
+        if found is not None and found != expected:
+            false_positives += 1
+        if expected is not None and found != expected:
+            false_negatives += 1
+        if found != expected:
+            wrong.append(f"{name}: expected {expected}, found {found}")
+    positives = sum(1 for name in HELD_OUT if EXPECTED[name]["kind"] is not None)
+    assert positives >= 30 and len(HELD_OUT) - positives >= 15, "the held-out set shrank"
+    recall = true_positives / (true_positives + false_negatives)
+    precision = true_positives / max(1, true_positives + false_positives)
+    assert recall >= 0.95 and precision >= 0.95, (recall, precision, wrong)
+
+
 def test_scan_file_every_log_fixture_is_listed_in_expected() -> None:
-    on_disk = {path.name for path in FIXTURES_DIR.glob("*.log")}
+    on_disk = {str(path.relative_to(FIXTURES_DIR)) for path in FIXTURES_DIR.rglob("*.log")}
 
     assert on_disk == set(EXPECTED)
+    assert {item["split"] for item in EXPECTED.values()} == {"build", "heldout"}
+
+
+def test_scan_file_every_fixture_has_its_source_in_the_readme() -> None:
+    readme = (FIXTURES_DIR / "README.md").read_text(encoding="utf-8")
+
+    missing = [name for name in EXPECTED if f"| {Path(name).name} |" not in readme]
+
+    assert missing == []
 
 
 @pytest.mark.parametrize(("line", "kind"), POSITIVE_LINES)
 def test_classify_line_recognises_real_failure_message(line: str, kind: FailureKind) -> None:
-    match = classify_line(line)
-
-    assert match == OomMatch(kind=kind, evidence=line.strip()[:EVIDENCE_MAX_CHARS])
+    assert _kind_and_evidence(line) == (kind, line.strip()[:EVIDENCE_MAX_CHARS])
 
 
 @pytest.mark.parametrize("line", NEGATIVE_LINES)
 def test_classify_line_ignores_healthy_or_unrelated_line(line: str) -> None:
     assert classify_line(line) is None
+
+
+def test_classify_line_emits_only_memory_failure_kinds() -> None:
+    kinds = {kind for _line, kind in POSITIVE_LINES} | {rule.kind for rule in RULES}
+
+    assert kinds == set(OOM_KINDS)
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda rule: rule.pattern.pattern[:40])
+def test_oom_rules_each_cites_its_source_and_matches_a_real_line(rule: Rule) -> None:
+    texts = [line for line, _kind in POSITIVE_LINES]
+
+    assert len(rule.source) > 10
+    assert any(rule.pattern.search(text) for text in texts), "a rule nothing exercises"
+
+
+def test_oom_rules_anchors_never_hide_a_match() -> None:
+    """Each rule runs only when one of its anchors is in the squashed line: on every real
+    positive line where a rule's regex matches, one of its anchors must be there too."""
+    texts = [line for line, _kind in POSITIVE_LINES] + [
+        line
+        for name in EXPECTED
+        for line in (FIXTURES_DIR / name).read_text(encoding="utf-8").splitlines()
+    ]
+    for rule in (*RULES, BARE_KILLED):
+        assert all(any(token in anchor for token in PREFILTER_TOKENS) for anchor in rule.anchors)
+        for text in texts:
+            if rule.pattern.search(text):
+                squashed = text.lower().replace(" ", "")
+                assert any(anchor in squashed for anchor in rule.anchors), (rule.source, text)
 
 
 def test_classify_line_prefers_kv_cache_over_gpu_oom() -> None:
@@ -326,9 +514,227 @@ def test_classify_line_truncates_evidence_to_limit() -> None:
 def test_classify_line_takes_evidence_from_segment_after_carriage_return() -> None:
     line = "Processed prompts:   6%| 29/512\rRuntimeError: CUDA error: out of memory\n"
 
+    assert _kind_and_evidence(line) == (
+        FailureKind.GPU_OOM,
+        "RuntimeError: CUDA error: out of memory",
+    )
+
+
+def test_classify_line_strips_ansi_colour_codes_from_the_evidence() -> None:
+    # Python 3.13 colours the exception type; vLLM colours its process prefix.
+    line = f"{ESC}[1;36m(EngineCore_DP0 pid=4121){ESC}[0;0m {ESC}[1;35mMemoryError{ESC}[0m"
+
+    assert _kind_and_evidence(line) == (
+        FailureKind.HOST_OOM,
+        "(EngineCore_DP0 pid=4121) MemoryError",
+    )
+
+
+def test_classify_line_strips_colour_codes_a_paste_kept_without_escape() -> None:
+    line = "[1;36m(EngineCore_DP0 pid=7)[0;0m [31mKilled[0m"
+
+    assert _kind_and_evidence(line) == (FailureKind.HOST_OOM, "(EngineCore_DP0 pid=7) Killed")
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "2025-07-10 08:59:40 ",
+        "2025-07-10T08:59:40.123456789Z ",
+        "2025-07-10T08:59:40.123456789Z stderr F ",
+        "2025-07-10 08:59:40,118 ERROR ",
+        "vllm-1  | ",
+        "Jul 10 08:59:40 gpu-node vllm[4102]: ",
+        "[ 8123.456789] ",
+        "(EngineCore_DP0 pid=1) ERROR 07-09 08:59:40 [core.py:708] ",
+        "2025-07-10 08:59:40 ERROR 07-09 08:59:40 [core.py:708] ",
+    ],
+)
+def test_classify_line_sees_a_bare_killed_behind_logger_and_container_prefixes(
+    prefix: str,
+) -> None:
+    match = classify_line(prefix + "Killed")
+
+    assert match is not None and match.kind is FailureKind.HOST_OOM
+
+
+def test_classify_line_does_not_take_killed_inside_a_sentence_for_the_shell() -> None:
+    assert classify_line("2025-07-10 08:59:40 INFO Killed 3 idle workers") is None
+
+
+def test_log_scanner_joins_a_message_wrapped_inside_a_word() -> None:
+    scanner = LogScanner()
+    first = (
+        "(EngineCore pid=316) ValueError: To serve at least one request with the model's max "
+        "seq len (100000), (4.26 GiB KV cach"
+    )
+    second = (
+        "e is needed, which is larger than the available KV cache memory (4.25 GiB). Based on "
+        "the available memory, the estimated maximum model length is 99840."
+    )
+
+    assert scanner.feed(first) is None
+    match = scanner.feed(second)
+
+    assert match is not None
+    assert match.kind is FailureKind.KV_CACHE_INSUFFICIENT
+    assert "4.26 GiB KV cache is needed" in match.evidence
+    assert match.figures.needed == "4.26 GiB" and match.figures.available == "4.25 GiB"
+    assert match.figures.max_model_len == 100000
+
+
+def test_log_scanner_joins_a_wrap_between_words_behind_a_container_prefix() -> None:
+    lines = [
+        "2025-07-10T08:59:40.1Z stderr F RuntimeError: CUDA out of",
+        "2025-07-10T08:59:40.1Z stderr F memory. Tried to allocate 20.00 MiB",
+    ]
+
+    found = scan_lines(lines)
+
+    assert found is not None
+    assert found[0] == 2 and found[1].kind is FailureKind.GPU_OOM
+
+
+def test_log_scanner_does_not_join_a_line_to_one_that_already_matched() -> None:
+    scanner = LogScanner()
+
+    assert scanner.feed("RuntimeError: CUDA error: out of memory") is not None
+    assert scanner.feed("CUDA kernel errors might be asynchronously reported") is None
+
+
+def test_log_scanner_takes_a_host_oom_in_kv_cache_allocation_for_the_kv_cache() -> None:
+    # vLLM's CPU build under a memory limit (tests/fixtures/oom/heldout/...enomem.log).
+    prefix = "(Worker pid=10401) ERROR 12-01 08:49:33 [multiproc_executor.py:1063] "
+    lines = [
+        prefix + '  File "/venv/vllm/v1/worker/utils.py", line 596, in allocate_kv_cache',
+        prefix + "    buf = torch.zeros(buf_size, dtype=torch.int8, device=device)",
+        prefix + "          ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^",
+        prefix + "RuntimeError: [enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+        "can't allocate memory: you tried to allocate 5999951872 bytes. Error code 12 (Cannot "
+        "allocate memory)",
+    ]
+
+    found = scan_lines(lines)
+
+    assert found is not None
+    line_number, match = found
+    assert line_number == 4 and match.kind is FailureKind.KV_CACHE_INSUFFICIENT
+    assert match.figures.needed == "5999951872 bytes"
+    assert "kv_cache_memory_bytes" in match.figures.flags
+
+
+def test_log_scanner_leaves_a_host_oom_elsewhere_a_host_oom() -> None:
+    lines = [
+        '  File "/venv/vllm/v1/worker/utils.py", line 596, in allocate_kv_cache',
+        *["INFO serving"] * 20,
+        "RuntimeError: DefaultCPUAllocator: not enough memory: you tried to allocate 64 bytes.",
+    ]
+
+    found = scan_lines(lines)
+
+    assert found is not None and found[1].kind is FailureKind.HOST_OOM
+
+
+@pytest.mark.parametrize(
+    ("line", "figures"),
+    [
+        (
+            "ValueError: To serve at least one request with the model's max seq len (40960), "
+            "(4.38 GiB KV cache is needed, which is larger than the available KV cache memory "
+            "(4.00 GiB). Based on the available memory, the estimated maximum model length is "
+            "37376. Try increasing `gpu_memory_utilization` or decreasing `max_model_len` when "
+            "initializing the engine.",
+            OomFigures(
+                needed="4.38 GiB",
+                available="4.00 GiB",
+                max_model_len=40960,
+                estimated_max_model_len=37376,
+                flags=("gpu_memory_utilization", "max_model_len"),
+            ),
+        ),
+        (
+            "ValueError: The model's max seq len (32768) is larger than the maximum number of "
+            "tokens that can be stored in KV cache (13104). Try increasing "
+            "`VLLM_CPU_KVCACHE_SPACE` or decreasing `max_model_len` when initializing the engine.",
+            OomFigures(
+                needed="32768 tokens",
+                available="13104 tokens",
+                max_model_len=32768,
+                flags=("VLLM_CPU_KVCACHE_SPACE", "max_model_len"),
+            ),
+        ),
+        (
+            "ValueError: Available memory on node 0 (7.11/8.71 GiB) on kv cache allocation is "
+            "less than requested memory for kv (1862.65 GiB). Decrease --kv-cache-memory-bytes, "
+            "VLLM_CPU_KVCACHE_SPACE, or reduce CPU memory used by other processes.",
+            OomFigures(
+                needed="1862.65 GiB",
+                available="7.11 GiB",
+                total="8.71 GiB",
+                flags=("kv_cache_memory_bytes", "VLLM_CPU_KVCACHE_SPACE"),
+            ),
+        ),
+        (
+            "INFO 06-29 14:49:31 [gpu_worker.py:298] Available KV cache memory: -8.42 GiB",
+            OomFigures(available="-8.42 GiB", flags=("gpu_memory_utilization", "max_model_len")),
+        ),
+        (
+            "ValueError: No available memory for the cache blocks. Try increasing "
+            "`gpu_memory_utilization` when initializing the engine.",
+            OomFigures(flags=("gpu_memory_utilization",)),
+        ),
+        (
+            "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a "
+            "total capacity of 79.19 GiB of which 1.12 GiB is free.",
+            OomFigures(
+                needed="2.00 GiB",
+                available="1.12 GiB",
+                total="79.19 GiB",
+                flags=("gpu_memory_utilization", "max_num_seqs", "max_model_len"),
+            ),
+        ),
+        (
+            "ValueError: Free memory on device cuda:1 (19.77/22.05 GiB) on startup is less than "
+            "desired GPU memory utilization (0.9, 19.84 GiB). Decrease GPU memory utilization or "
+            "reduce GPU memory used by other processes.",
+            OomFigures(
+                needed="19.84 GiB",
+                available="19.77 GiB",
+                total="22.05 GiB",
+                flags=("gpu_memory_utilization", "max_num_seqs", "max_model_len"),
+            ),
+        ),
+        (
+            "Out of memory: Killed process 7899 (python) total-vm:26184840kB, "
+            "anon-rss:15370088kB, file-rss:0kB",
+            OomFigures(needed="15370088kB", total="26184840kB"),
+        ),
+    ],
+)
+def test_classify_line_extracts_the_figures_the_message_states(
+    line: str, figures: OomFigures
+) -> None:
     match = classify_line(line)
 
-    assert match == OomMatch(FailureKind.GPU_OOM, "RuntimeError: CUDA error: out of memory")
+    assert match is not None
+    assert match.figures == figures
+
+
+def test_oom_figures_summary_names_the_spec_settings_to_change() -> None:
+    figures = OomFigures(
+        needed="4.38 GiB",
+        available="4.00 GiB",
+        max_model_len=40960,
+        estimated_max_model_len=37376,
+        flags=("gpu_memory_utilization", "max_model_len"),
+    )
+
+    assert figures.summary() == (
+        "needed 4.38 GiB, available 4.00 GiB (max_model_len 40960, about 37376 fits); "
+        "change gpu_memory_util or max_model_len"
+    )
+    assert figures.as_dict()["settings"] == ["gpu_memory_util", "max_model_len"]
+    assert OomFigures().as_dict() == {} and OomFigures().summary() == ""
 
 
 def test_scan_lines_returns_first_match_with_one_based_line_number() -> None:
@@ -405,6 +811,19 @@ def test_scan_file_finds_match_inside_line_longer_than_read_chunk(tmp_path: Path
     assert result["line"] == 2
 
 
+def test_scan_file_finds_a_message_cut_by_the_read_chunk(tmp_path: Path) -> None:
+    log_path = tmp_path / "engine.log"
+    message = "ValueError: No available memory for the cache blocks."
+    # The message straddles the boundary of the first 64 Ki-character piece.
+    padding = "#" * (64 * 1024 - 20)
+    log_path.write_text(padding + message + "\n", encoding="utf-8")
+
+    result = scan_file(log_path)
+
+    assert result["kind"] == "kv_cache_insufficient"
+    assert result["line"] == 1
+
+
 def test_scan_file_counts_only_newlines_as_line_ends(tmp_path: Path) -> None:
     log_path = tmp_path / "engine.log"
     log_path.write_bytes(b"bar 1%\rbar 2%\rbar 3%\nsecond\r\nKilled\r\n")
@@ -445,18 +864,10 @@ def test_scan_file_raises_oserror_for_directory(tmp_path: Path) -> None:
         scan_file(tmp_path)
 
 
-def test_remedies_cover_every_kind_with_actionable_text() -> None:
-    assert set(REMEDIES) == set(FailureKind)
-    assert "max_model_len" in REMEDIES[FailureKind.KV_CACHE_INSUFFICIENT]
-    assert "gpu_memory_util" in REMEDIES[FailureKind.KV_CACHE_INSUFFICIENT]
-    assert "gpu_memory_util" in REMEDIES[FailureKind.GPU_OOM]
-    assert "max_num_seqs" in REMEDIES[FailureKind.GPU_OOM]
-    assert "memory_max" in REMEDIES[FailureKind.HOST_OOM]
+def test_oom_prefix_pattern_stays_linear_on_hostile_input() -> None:
+    # A line of many prefix-like pieces must not make the prefix regex backtrack for long.
+    line = "(a) " * 5000 + "[x] " * 5000 + "Killed"
 
+    match = classify_line(line)
 
-def test_failure_kind_values_match_the_api_contract() -> None:
-    assert [str(kind) for kind in FailureKind] == [
-        "gpu_oom",
-        "kv_cache_insufficient",
-        "host_oom",
-    ]
+    assert match is not None and match.kind is FailureKind.HOST_OOM
