@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
+from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
@@ -35,12 +36,28 @@ EventListener = Callable[[EventRow], None]
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AlreadyExistsError", "EventListener", "Registry"]
+__all__ = ["AlreadyExistsError", "EventListener", "Registry", "StoredSpecInvalidError"]
+
+
+class StoredSpecInvalidError(Exception):
+    """A stored spec breaks a rule added since it was stored; the service will not guess."""
 
 
 def spec_from_row(row: ModelRow) -> ModelSpec:
     data = row.model_dump(exclude={"source", "created_at", "updated_at"})
-    return ModelSpec.model_validate(data)
+    try:
+        return ModelSpec.model_validate(data)
+    except ValidationError as error:
+        # Starting with it would launch what the rules now refuse (say, -pp in extra_args,
+        # which placement does not count); dropping it would lose the model. Say which.
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
+            for item in error.errors(include_url=False)
+        )
+        raise StoredSpecInvalidError(
+            f"stored spec of model {row.id!r} is no longer valid ({problems}); fix the row "
+            "(or the manifest it came from) and start again: docs/operations/runbook.md"
+        ) from None
 
 
 def _copy_status(status: StatusRow) -> StatusRow:
