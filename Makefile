@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: venv run test test-fast lint typecheck engine-env tiny-model bench demo clean
+.PHONY: venv run test test-deps test-fast lint typecheck engine-env tiny-model bench demo clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,11 @@ engine-env:
 tiny-model: engine-env
 	bash scripts/tiny-model.sh
 
-test: venv tiny-model lint typecheck
+# System packages the tests drive (Chromium, promtool, logrotate), installed when missing.
+test-deps:
+	bash scripts/test-deps.sh
+
+test: venv test-deps tiny-model lint typecheck
 	GPU_ORCH_TEST_ENGINE_PYTHON="$$(bash scripts/engine-env.sh)/bin/python" \
 	GPU_ORCH_TEST_TINY_MODEL="$$(bash scripts/tiny-model.sh)" \
 	$(BIN)/pytest -q -p no:cacheprovider
