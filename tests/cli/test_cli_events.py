@@ -129,8 +129,8 @@ def test_cli_events_line_shows_the_transition_and_node_events() -> None:
     assert event_line(transition) == (
         "2026-12-01T08:00:00.000Z  m  transition  stopped -> starting  operator start"
     )
-    alert = {"at": "2026-12-01T08:00:00.000Z", "model_id": None, "kind": "gpu_low_memory"}
-    assert event_line(alert) == "2026-12-01T08:00:00.000Z  node  gpu_low_memory"
+    alert = {"at": "2026-12-01T08:00:00.000Z", "model_id": None, "kind": "gpu_memory_low"}
+    assert event_line(alert) == "2026-12-01T08:00:00.000Z  node  gpu_memory_low"
 
 
 @pytest.fixture
