@@ -4,6 +4,7 @@
 #
 #   /usr/bin/chromium  chromium    the console and offline-docs tests drive Debian's Chromium
 #   promtool           prometheus  `promtool check rules|metrics` on deploy/prometheus and /metrics
+#   /usr/sbin/logrotate logrotate  deploy/logrotate's rules run on a live log directory
 #
 # Run as root (CI and the development machines are); elsewhere it says what to install.
 set -euo pipefail
@@ -11,6 +12,7 @@ set -euo pipefail
 REQUIREMENTS=(
   "/usr/bin/chromium chromium"
   "promtool prometheus"
+  "/usr/sbin/logrotate logrotate"
 )
 
 missing=()
