@@ -314,9 +314,14 @@ async def test_supervisor_delete_of_an_engine_that_survives_sigkill_keeps_the_mo
     assert await asyncio.to_thread(world.ctx.registry.spec, "m") is not None
     status = orchestrator.status("m")
     assert (status.state, status.pid) == (ModelState.FAILED, engine.pid)
-    for kind in (CommandKind.STOP, CommandKind.START):
-        answered = await orchestrator.command("m", kind)
-        assert answered.error is not None and answered.error.code == ErrorCode.STOP_FAILED
+    # A stop answers at once (stopping) and tries again; the survivors fail it once more.
+    stopping = await orchestrator.command("m", CommandKind.STOP)
+    assert stopping.error is None and stopping.changed
+    await world.settle()
+    status = orchestrator.status("m")
+    assert (status.state, status.last_failure_kind) == (ModelState.FAILED, "stop_failed")
+    started = await orchestrator.command("m", CommandKind.START)
+    assert started.error is not None and started.error.code == ErrorCode.STOP_FAILED
     assert len(world.launcher.launched("m")) == 1  # nothing launched beside the survivor
 
     engine.let_die()

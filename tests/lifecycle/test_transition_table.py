@@ -119,7 +119,7 @@ SCENARIOS: dict[Scenario, set[Pair]] = {
     operator_start_after_a_failure: {("failed", "starting")},
     budget_spent_then_stop: {("failed", "degraded"), ("degraded", "stopped")},
     operator_start_when_degraded: {("degraded", "starting")},
-    stop_that_survives_sigkill_then_stop_again: {("stopping", "failed"), ("failed", "stopped")},
+    stop_that_survives_sigkill_then_stop_again: {("stopping", "failed"), ("failed", "stopping")},
     stop_of_a_failed_model_with_leftovers: {("failed", "stopping")},
     launch_refused_at_adoption: {("stopped", "failed")},
 }

@@ -198,10 +198,7 @@ class EngineDriver:
         self.writer.set_desired(desired)
         run, self.run = self.run, None
         if run is None:
-            error = await self.clear_recorded_leftovers()
-            if error is None and self.writer.state in (ModelState.FAILED, ModelState.DEGRADED):
-                # FAILED|DEGRADED -> STOPPED
-                self.writer.to(ModelState.STOPPED, reason, next_attempt_at=None)
+            error = await self._stop_at_rest(reason, answer)
             if answer is not None:
                 answer(CommandResult(changed=changed, error=error))
             return error
@@ -213,6 +210,31 @@ class EngineDriver:
             await self.ctx.registry.flush()
             answer(CommandResult(changed=True))
         return await self._finish_stop(run.handle)
+
+    async def _stop_at_rest(self, reason: str, answer: Answer | None) -> CommandError | None:
+        """Stop a model with no current run: a failed one may still have processes of its last
+        run (a stop that failed, a main process that died): those are stopped first."""
+        record = self.record()
+        leftovers = record.pid is not None or record.launch_token is not None
+        if leftovers and self.writer.state == ModelState.FAILED:
+            # FAILED -> STOPPING: what is left of the last run is being terminated.
+            self.writer.to(ModelState.STOPPING, reason)
+            if answer is not None:
+                await self.ctx.registry.flush()
+                answer(CommandResult(changed=True))
+            error = await self.clear_recorded_leftovers()
+            if error is not None:
+                # STOPPING -> FAILED: they survived SIGKILL; the status still names them.
+                self.writer.fail(FailureKind.STOP_FAILED, error.message, keep_engine=True)
+                return error
+            # STOPPING -> STOPPED
+            self.writer.to(ModelState.STOPPED, "engine stopped", **CLEARED_ENGINE)
+            return None
+        error = await self.clear_recorded_leftovers()
+        if error is None and self.writer.state in (ModelState.FAILED, ModelState.DEGRADED):
+            # FAILED|DEGRADED -> STOPPED
+            self.writer.to(ModelState.STOPPED, reason, next_attempt_at=None)
+        return error
 
     async def _finish_stop(self, handle: EngineHandle) -> CommandError | None:
         try:

@@ -9,6 +9,7 @@ engine: a refusal, a bad adapter, a failed spawn, an exception, a cancellation.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from app.orchestrator.lora import AdapterError
 from app.orchestrator.ports import PortUnavailableError
 from app.orchestrator.resolver import ResolvedModel
 from app.orchestrator.spec import ModelSpec
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -171,6 +174,11 @@ async def _reserved_launch(
         handle = await ctx.launcher.launch(request)
     except LaunchError as error:
         return CommandError(ErrorCode.LAUNCH_FAILED, str(error))
+    except Exception as error:
+        # A launcher's bug must not leave the model `starting` with no engine: it is a failed
+        # launch like any other (failed, backoff, budget), and the log has the traceback.
+        logger.exception("launcher %s failed for %s", ctx.launcher.name, spec.id)
+        return CommandError(ErrorCode.LAUNCH_FAILED, f"{type(error).__name__}: {error}")
     writer.save(
         {"kind": "launched", "reason": f"pid {handle.pid} via {handle.launcher}"},
         pid=handle.pid,
