@@ -17,7 +17,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from app.api.body_limit import BodyLimitMiddleware
 from app.api.deps import ServicesDep, require_token
 from app.api.errors import install_error_handlers
-from app.api.routes import docs, events, gpus, lifecycle, manifests, models, system, ui
+from app.api.routes import docs, events, gateway, gpus, lifecycle, manifests, models, system, ui
 from app.orchestrator.event_bus import EventBus
 from app.orchestrator.wiring import Overrides, build_services
 from app.settings import Settings, load_settings
@@ -63,6 +63,7 @@ def create_app(
             finally:
                 await services.orchestrator.shutdown()
                 await services.monitor.drain()
+                await services.upstream.aclose()
         finally:
             if lock is not None:
                 lock.release()
@@ -86,6 +87,7 @@ def create_app(
     app.include_router(gpus.router, dependencies=protected)
     app.include_router(manifests.router, dependencies=protected)
     app.include_router(events.router, dependencies=protected)
+    app.include_router(gateway.router)  # its own token rule: API or inference tokens
     app.include_router(docs.router)
     app.mount(docs.ASSETS_URL, StaticFiles(directory=docs.ASSETS_DIR), name="docs-assets")
     app.include_router(ui.router)

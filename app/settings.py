@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     stop_engines_on_shutdown: bool = False
 
     api_token: str | None = None
+    # Tokens accepted on the gateway's /v1/* only: agents call models, never stop them.
+    inference_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    gateway_max_queue: int = Field(default=256, ge=0)
     metrics_public: bool = False
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
 
@@ -80,6 +83,13 @@ class Settings(BaseSettings):
     def _split_gpus(cls, value: object) -> object:
         if isinstance(value, str):
             return [int(item) for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("inference_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
     @field_validator("api_token")

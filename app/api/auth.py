@@ -32,6 +32,16 @@ def token_accepted(settings: Settings, given: str) -> bool:
     return secrets.compare_digest(given.encode(), expected.encode())
 
 
+def inference_token_accepted(settings: Settings, given: str) -> bool:
+    """The gateway's rule: open when neither API_TOKEN nor INFERENCE_TOKENS is set; else the API
+    token or any inference token (each compared in constant time, all of them compared)."""
+    expected = [token for token in (settings.api_token, *settings.inference_tokens) if token]
+    if not expected:
+        return True
+    matches = [secrets.compare_digest(given.encode(), token.encode()) for token in expected]
+    return any(matches)
+
+
 def operation_needs_token(request: Request) -> bool:
     """Whether the matched operation is protected, as the app's OpenAPI schema declares it."""
     path = getattr(request.scope.get("route"), "path_format", None)

@@ -13,8 +13,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.auth import CHALLENGE, rejects_token
+from app.orchestrator.gateway import GatewayError
 from app.orchestrator.lifecycle import CommandError
-from app.orchestrator.orchestrator import AlreadyExistsError, ModelNotFoundError, ModelRunningError
+from app.orchestrator.orchestrator import (
+    AdapterNameConflictError,
+    AlreadyExistsError,
+    ModelNotFoundError,
+    ModelRunningError,
+)
 
 # HTTP status per orchestrator error code.
 STATUS_BY_CODE = {
@@ -104,6 +110,21 @@ def _response(error: ApiError) -> JSONResponse:
     )
 
 
+async def _gateway_error(_request: Request, error: GatewayError) -> JSONResponse:
+    # /v1/* speaks OpenAI's error shape: {"error": {"message", "type", "param", "code"}}.
+    return JSONResponse(error.body, status_code=error.status_code, headers=error.headers)
+
+
+async def _name_conflict(_request: Request, error: AdapterNameConflictError) -> JSONResponse:
+    body = {
+        "code": "adapter_name_conflict",
+        "message": str(error),
+        "model_id": error.model_id,
+        "names": error.names,
+    }
+    return JSONResponse(status_code=409, content={"detail": body})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, error: ApiError) -> JSONResponse:
@@ -140,6 +161,9 @@ def install_error_handlers(app: FastAPI) -> None:
             "model_id": model_id,
         }
         return JSONResponse(status_code=409, content={"detail": body})
+
+    app.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
+    app.add_exception_handler(AdapterNameConflictError, _name_conflict)  # type: ignore[arg-type]
 
     @app.exception_handler(ModelRunningError)
     async def _running(_request: Request, error: ModelRunningError) -> JSONResponse:

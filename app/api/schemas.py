@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.orchestrator.activity import Activity
 from app.orchestrator.clock import iso_ms
 from app.orchestrator.spec import (
     SLUG_PATTERN,
@@ -66,6 +67,8 @@ class ModelPatch(BaseModel):
     env: dict[str, str] | None = None
     restart_policy: RestartPolicy | None = None
     start_timeout_s: float | None = Field(default=None, gt=0.0, le=86400.0, allow_inf_nan=False)
+    on_demand: bool | None = None
+    max_concurrency: int | None = Field(default=None, ge=0, le=100_000)
 
 
 class ErrorDetail(BaseModel):
@@ -141,6 +144,10 @@ class StatusPublic(BaseModel):
     restart_needed: bool
     since: str
     notes: dict[str, Any]
+    in_flight: int = Field(default=0, description="Gateway requests being served right now.")
+    last_request_at: str | None = Field(
+        default=None, description="When the gateway last finished a request for this model."
+    )
 
 
 class ModelPublic(ModelSpec):
@@ -168,7 +175,9 @@ class CanStartPublic(BaseModel):
     gpus: list[dict[str, int]]
 
 
-def status_data(status: StatusRow, *, engine_host: str) -> dict[str, Any]:
+def status_data(
+    status: StatusRow, *, engine_host: str, activity: Activity | None = None
+) -> dict[str, Any]:
     """StatusPublic as JSON-ready data (the list route builds hundreds of these)."""
     failure = None
     if status.last_failure_kind:
@@ -196,18 +205,29 @@ def status_data(status: StatusRow, *, engine_host: str) -> dict[str, Any]:
         "restart_needed": status.restart_needed,
         "since": iso_ms(status.since),
         "notes": {k: v for k, v in status.notes.items() if k != "oom_counted_token"},
+        "in_flight": activity.in_flight if activity else 0,
+        "last_request_at": (
+            iso_ms(activity.last_request_at) if activity and activity.last_request_at else None
+        ),
     }
 
 
-def status_public(status: StatusRow, *, engine_host: str) -> StatusPublic:
-    return StatusPublic.model_validate(status_data(status, engine_host=engine_host))
+def status_public(
+    status: StatusRow, *, engine_host: str, activity: Activity | None = None
+) -> StatusPublic:
+    data = status_data(status, engine_host=engine_host, activity=activity)
+    return StatusPublic.model_validate(data)
 
 
 def model_public_data(
-    spec_data: dict[str, Any], status: StatusRow, *, engine_host: str
+    spec_data: dict[str, Any],
+    status: StatusRow,
+    *,
+    engine_host: str,
+    activity: Activity | None = None,
 ) -> dict[str, Any]:
     """ModelPublic as JSON-ready data: the spec's (cached) JSON and its status."""
-    return {**spec_data, "status": status_data(status, engine_host=engine_host)}
+    return {**spec_data, "status": status_data(status, engine_host=engine_host, activity=activity)}
 
 
 def event_public(row: EventRow) -> EventPublic:

@@ -9,7 +9,13 @@ the whole process, at each scrape, so it is switched off here, before any regist
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 
 
 class Metrics:
@@ -57,5 +63,29 @@ class Metrics:
             "gpu_orchestrator_gpu_low_memory_alert",
             "1 while a GPU's free memory has stayed under the threshold, else 0.",
             ["gpu"],
+            registry=self.registry,
+        )
+        self.gateway_requests_total = Counter(
+            "gpu_orchestrator_gateway_requests",
+            "Requests the gateway answered, by model (the spec id) and HTTP status code.",
+            ["model", "code"],
+            registry=self.registry,
+        )
+        self.gateway_in_flight = Gauge(
+            "gpu_orchestrator_gateway_in_flight",
+            "Requests the gateway is passing to a model's engine right now.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.gateway_queue_wait_seconds = Histogram(
+            "gpu_orchestrator_gateway_queue_wait_seconds",
+            "Time a request waited for its engine (a cold start, a concurrency slot).",
+            buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 1, 5, 15, 60, 300, 900),
+            registry=self.registry,
+        )
+        self.gateway_cold_starts_total = Counter(
+            "gpu_orchestrator_gateway_cold_starts",
+            "Engine starts the gateway asked for on demand.",
+            ["model"],
             registry=self.registry,
         )

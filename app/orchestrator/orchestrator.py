@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Collection
 from typing import Any
 
+from app.orchestrator.activity import ActivityBoard
 from app.orchestrator.lifecycle import (
     CommandKind,
     CommandResult,
@@ -22,17 +23,36 @@ from app.orchestrator.lifecycle import (
     Supervisor,
 )
 from app.orchestrator.lifecycle.messages import Adopt
+from app.orchestrator.model_names import name_conflicts
 from app.orchestrator.registry import AlreadyExistsError
 from app.orchestrator.spec import ModelSpec
 from app.store.tables import EventRow, StatusRow
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AlreadyExistsError", "ModelNotFoundError", "ModelRunningError", "Orchestrator"]
+__all__ = [
+    "AdapterNameConflictError",
+    "AlreadyExistsError",
+    "ModelNotFoundError",
+    "ModelRunningError",
+    "Orchestrator",
+]
 
 
 class ModelNotFoundError(LookupError):
     pass
+
+
+class AdapterNameConflictError(Exception):
+    """A spec would make a name the gateway routes by (a model id, an adapter name) ambiguous."""
+
+    def __init__(self, model_id: str, names: list[str]) -> None:
+        super().__init__(
+            f"model {model_id}: {', '.join(names)} already name another model or its adapter "
+            "on this node; adapter names must be unique"
+        )
+        self.model_id = model_id
+        self.names = names
 
 
 class ModelRunningError(Exception):
@@ -49,8 +69,13 @@ class Orchestrator:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop_watching = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
-        # Creation only: one id is inserted once, whatever number of requests race for it.
-        self._creating = asyncio.Lock()
+        # Spec changes of all models, one at a time: one id is inserted once, and a name the
+        # gateway routes by is checked against every other spec and taken in one step.
+        self._changing = asyncio.Lock()
+        # Requests in flight and the last one's time, per model (the gateway writes them).
+        self.activity = ActivityBoard()
+        # Bumped by every spec change, so readers (the gateway's routes) rebuild only then.
+        self.spec_version = 0
 
     # -- life of the service ----------------------------------------------------------------
     async def start(self, *extra_tasks: Callable[[], asyncio.Task[None]]) -> None:
@@ -133,33 +158,48 @@ class Orchestrator:
         return decision.to_dict()
 
     # -- the registry -------------------------------------------------------------------------
+    def _check_names(self, spec: ModelSpec) -> None:
+        conflicts = name_conflicts(spec, self.specs())
+        if conflicts:
+            raise AdapterNameConflictError(spec.id, conflicts)
+
     async def create_model(self, spec: ModelSpec, *, source: str = "api") -> None:
-        async with self._creating:
-            if spec.id in self.supervisors:
-                raise AlreadyExistsError(spec.id)
-            status = await self.ctx.registry.create(spec, source=source)
-            self._spawn(spec, status)
+        async with self._changing:
+            await self._create(spec, source=source)
+
+    async def _create(self, spec: ModelSpec, *, source: str) -> None:
+        if spec.id in self.supervisors:
+            raise AlreadyExistsError(spec.id)
+        self._check_names(spec)
+        status = await self.ctx.registry.create(spec, source=source)
+        self._spawn(spec, status)
+        self.spec_version += 1
 
     async def update_model(self, spec: ModelSpec, *, source: str = "api") -> bool:
         """Replace a spec. Changes an engine reads at launch need it stopped (ModelRunningError);
         restart_policy and start_timeout_s apply to a running engine at once."""
-        result = await self._supervisor(spec.id).update(
-            spec, source=source, running_policy="refuse"
-        )
-        if result.error is not None:
-            raise ModelRunningError(spec.id, result.error.message, result.error.figures)
-        return result.changed
+        async with self._changing:
+            supervisor = self._supervisor(spec.id)
+            self._check_names(spec)
+            result = await supervisor.update(spec, source=source, running_policy="refuse")
+            if result.error is not None:
+                raise ModelRunningError(spec.id, result.error.message, result.error.figures)
+            self.spec_version += result.changed
+            return result.changed
 
     async def sync_model(self, spec: ModelSpec, *, source: str) -> str:
         """Create or update from a manifest; a running model is flagged, never restarted."""
-        if spec.id not in self.supervisors:
-            with contextlib.suppress(AlreadyExistsError):
-                await self.create_model(spec, source=source)
+        async with self._changing:
+            if spec.id not in self.supervisors:
+                await self._create(spec, source=source)
                 return "created"
-        result = await self._supervisor(spec.id).update(spec, source=source, running_policy="flag")
-        if not result.changed:
-            return "unchanged"
-        return "updated (restart needed)" if result.restart_needed else "updated"
+            supervisor = self._supervisor(spec.id)
+            self._check_names(spec)
+            result = await supervisor.update(spec, source=source, running_policy="flag")
+            if not result.changed:
+                return "unchanged"
+            self.spec_version += 1
+            return "updated (restart needed)" if result.restart_needed else "updated"
 
     async def delete_model(self, model_id: str, *, force: bool) -> CommandResult:
         """Stop the engine (force) and delete. A refused or failed delete leaves the model as it
@@ -171,6 +211,8 @@ class Orchestrator:
                 raise ModelRunningError(model_id, result.error.message, result.error.figures)
             return result
         self.supervisors.pop(model_id, None)
+        self.activity.forget(model_id)
+        self.spec_version += 1
         task = self._tasks.pop(model_id)
         with contextlib.suppress(asyncio.CancelledError):
             await task

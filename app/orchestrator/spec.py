@@ -204,6 +204,17 @@ class ModelSpecBase(BaseModel):
     env: dict[str, Annotated[str, Field(max_length=65536)]] = Field(default_factory=dict)
     restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
     start_timeout_s: float | None = Field(default=None, gt=0.0, le=86400.0, allow_inf_nan=False)
+    on_demand: bool = Field(
+        default=True,
+        description="A gateway request for this model (or its adapter) starts it when stopped.",
+    )
+    max_concurrency: int = Field(
+        default=0,
+        ge=0,
+        le=100_000,
+        description="Requests the gateway sends the engine at once; more wait in the queue. "
+        "0: unlimited.",
+    )
 
     @field_validator("model")
     @classmethod

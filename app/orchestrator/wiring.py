@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from app.orchestrator.clock import Clock, SystemClock
+from app.orchestrator.gateway import Gateway, UpstreamPool
 from app.orchestrator.gpu.headroom import GpuAllocator
 from app.orchestrator.gpu.monitor import GpuMonitor, WebhookSink
 from app.orchestrator.gpu.nvml import NvmlProbe
@@ -44,6 +45,8 @@ class Services:
     monitor: GpuMonitor
     metrics: Metrics
     registry: Registry
+    gateway: Gateway
+    upstream: UpstreamPool
 
 
 def make_gpu_probe(settings: Settings) -> GpuProbe:
@@ -109,6 +112,12 @@ async def build_services(settings: Settings, overrides: Overrides | None = None)
         log_watcher=LogDirWatcher(log_dir),
         resolver=ModelResolver(settings.model_store_root),
     )
+    orchestrator = Orchestrator(ctx)
     return Services(
-        orchestrator=Orchestrator(ctx), monitor=monitor, metrics=metrics, registry=registry
+        orchestrator=orchestrator,
+        monitor=monitor,
+        metrics=metrics,
+        registry=registry,
+        gateway=Gateway(orchestrator, settings, metrics, clock),
+        upstream=UpstreamPool(),
     )

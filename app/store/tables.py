@@ -34,6 +34,8 @@ class ModelRow(SQLModel, table=True):
     restart_policy: dict[str, Any] = Field(
         default_factory=dict, sa_column=Column(JSON, nullable=False)
     )
+    on_demand: bool = True
+    max_concurrency: int = 0
     source: str = Field(default="api", description="api, or manifest:<file>")
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))

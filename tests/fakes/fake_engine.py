@@ -11,7 +11,9 @@ spec env can vary its behaviour. The socket is bound only once `--ready-delay-s`
 messages that the orchestrator's classifier must recognise. Only the standard library is imported so
 that it starts in tens of milliseconds under any Python 3.11+.
 
-Routes: GET /health, GET /v1/models, POST /v1/completions, GET /fake/state (argv after the program
+Routes: GET /health, GET /v1/models, POST /v1/completions, /v1/chat/completions (both streamed as
+server-sent events with `"stream": true`, a token per `--token-interval-s`), /v1/embeddings,
+GET /fake/state (argv after the program
 name with FAKE_ENGINE_ARGS prepended, env subset, pid, pgid, child_pid, listening_at, ready_at =
 time.time() when /health first answered 200). `--record FILE` writes that state once listening and
 again when /health first answers 200.
@@ -113,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument("--exit-after-s", type=float)
     fake.add_argument("--close-log", action="store_true")
     fake.add_argument("--record", metavar="FILE")
+    fake.add_argument(
+        "--token-interval-s",
+        type=float,
+        default=0.0,
+        help="pause before each streamed token (and before the first one)",
+    )
     return parser
 
 
@@ -187,6 +195,11 @@ class FakeEngine:
         armed = options.oom_kind or options.oom_after_s is not None or options.oom_during_start
         self.failure_kind: str | None = (options.oom_kind or "gpu_oom") if armed else None
         self._state_lock = threading.Lock()
+        # Streams the client went away from before their end, and requests served, by path.
+        self.streams_aborted = 0
+        self.streams_active = 0
+        self.streams_peak = 0
+        self.requests: dict[str, int] = {}
 
     def state(self) -> dict[str, Any]:
         """The document behind GET /fake/state and `--record`."""
@@ -206,7 +219,20 @@ class FakeEngine:
             "lora_modules": self.lora_modules,
             "listening_at": self.listening_at,
             "ready_at": self.ready_at,
+            "streams_aborted": self.streams_aborted,
+            "streams_active": self.streams_active,
+            "streams_peak": self.streams_peak,
+            "requests": dict(self.requests),
         }
+
+    def count(self, attribute: str, delta: int) -> None:
+        with self._state_lock:
+            setattr(self, attribute, getattr(self, attribute) + delta)
+            self.streams_peak = max(self.streams_peak, self.streams_active)
+
+    def count_request(self, path: str) -> None:
+        with self._state_lock:
+            self.requests[path] = self.requests.get(path, 0) + 1
 
     def mark_health_ok(self) -> None:
         with self._state_lock:
@@ -277,6 +303,11 @@ def fork_engine_core(ignore_sigterm: bool) -> int:
 class EngineServer(ThreadingHTTPServer):
     """The HTTP server, holding the engine its handlers answer for."""
 
+    # vLLM's uvicorn listens with a backlog of 2048; socketserver's default of 5 would refuse a
+    # burst of concurrent connections.
+    request_queue_size = 1024
+    daemon_threads = True
+
     def __init__(self, engine: FakeEngine) -> None:
         self.engine = engine
         super().__init__((engine.options.host, engine.options.port), EngineHandler)
@@ -330,7 +361,7 @@ class EngineHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         engine = self.server.engine
         raw_body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.path != "/v1/completions":
+        if self.path not in _GENERATION_PATHS:
             self.send_openai_error(404, "Not Found", "NotFoundError")
             return
         try:
@@ -342,7 +373,42 @@ class EngineHandler(BaseHTTPRequestHandler):
         if model not in engine.served_names and model not in engine.lora_modules:
             self.send_openai_error(404, f"The model `{model}` does not exist.", "NotFoundError")
             return
-        self.send_json(200, completion(model, request))
+        engine.count_request(self.path)
+        if self.path == "/v1/embeddings":
+            self.send_json(200, embedding(model, request))
+        elif request.get("stream") is True:
+            self.stream(model, request)
+        else:
+            self.send_json(200, _GENERATION_PATHS[self.path](model, request))
+
+    def stream(self, model: str, request: dict[str, Any]) -> None:
+        """Server-sent events, one token per chunk at --token-interval-s, then [DONE]; a client
+        that goes away ends the stream (and is counted in /fake/state)."""
+        engine = self.server.engine
+        chat = self.path == "/v1/chat/completions"
+        tokens = max(1, min(int(request.get("max_tokens") or 16), 4096))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        engine.count("streams_active", 1)
+        try:
+            for index in range(tokens):
+                if engine.options.token_interval_s:
+                    time.sleep(engine.options.token_interval_s)
+                self.write_chunk(f"data: {json.dumps(stream_chunk(model, index, chat))}\n\n")
+            self.write_chunk("data: [DONE]\n\n")
+            self.write_chunk("")
+        except (BrokenPipeError, ConnectionResetError):
+            engine.count("streams_aborted", 1)
+            self.close_connection = True
+        finally:
+            engine.count("streams_active", -1)
+
+    def write_chunk(self, text: str) -> None:
+        data = text.encode()
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
 
 
 def model_cards(engine: FakeEngine) -> list[dict[str, Any]]:
@@ -390,6 +456,59 @@ def completion(model: str, request: dict[str, Any]) -> dict[str, Any]:
         "choices": [choice],
         "usage": usage,
     }
+
+
+def chat_completion(model: str, request: dict[str, Any]) -> dict[str, Any]:
+    text = completion(model, request)
+    choice = text["choices"][0]
+    message = {"role": "assistant", "content": choice["text"]}
+    return {
+        **text,
+        "id": "chatcmpl-" + os.urandom(16).hex(),
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": message, "finish_reason": choice["finish_reason"]}],
+    }
+
+
+def embedding(model: str, request: dict[str, Any]) -> dict[str, Any]:
+    inputs = request.get("input")
+    items = inputs if isinstance(inputs, list) else [inputs]
+    data = [
+        {"object": "embedding", "index": index, "embedding": [0.25, -0.5, float(len(str(item)))]}
+        for index, item in enumerate(items)
+    ]
+    usage = {"prompt_tokens": len(items), "total_tokens": len(items)}
+    return {"object": "list", "model": model, "data": data, "usage": usage}
+
+
+def stream_chunk(model: str, index: int, chat: bool) -> dict[str, Any]:
+    """One streamed token, as vLLM's OpenAI server sends it."""
+    created = int(time.time())
+    if chat:
+        delta = {"role": "assistant", "content": " ok"} if index == 0 else {"content": " ok"}
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
+        return {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [choice],
+        }
+    choice = {"index": 0, "text": " ok", "logprobs": None, "finish_reason": None}
+    return {
+        "id": "cmpl-fake",
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [choice],
+    }
+
+
+_GENERATION_PATHS = {
+    "/v1/completions": completion,
+    "/v1/chat/completions": chat_completion,
+    "/v1/embeddings": embedding,
+}
 
 
 def install_signal_handlers(engine: FakeEngine) -> None:

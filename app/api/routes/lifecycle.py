@@ -65,7 +65,11 @@ async def _command(
         if kind is CommandKind.RESTART:
             timeout_s += spec.start_timeout_s or settings.start_timeout_s
         await orchestrator.wait_for_state(model_id, wait_for, timeout_s=timeout_s)
-    return status_public(orchestrator.status(model_id), engine_host=settings.engine_host)
+    return status_public(
+        orchestrator.status(model_id),
+        engine_host=settings.engine_host,
+        activity=orchestrator.activity.peek(model_id),
+    )
 
 
 @router.post("/{model_id}/start", response_model=StatusPublic, responses=_STARTS)

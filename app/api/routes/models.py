@@ -38,6 +38,7 @@ def _public(
         orchestrator.spec_data(model_id),
         orchestrator.status(model_id),
         engine_host=settings.engine_host,
+        activity=orchestrator.activity.peek(model_id),
     )
     return JSONResponse(data, status_code=status_code, headers=headers)
 
@@ -64,7 +65,10 @@ async def list_models(orchestrator: OrchestratorDep, settings: SettingsDep) -> R
     statuses = orchestrator.statuses()
     payload = [
         model_public_data(
-            orchestrator.spec_data(spec.id), statuses[spec.id], engine_host=settings.engine_host
+            orchestrator.spec_data(spec.id),
+            statuses[spec.id],
+            engine_host=settings.engine_host,
+            activity=orchestrator.activity.peek(spec.id),
         )
         for spec in orchestrator.specs()
         if spec.id in statuses

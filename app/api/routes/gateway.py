@@ -1,0 +1,114 @@
+"""The OpenAI-compatible gateway on the service's own port: `POST /v1/*` routed by the body's
+`model` (a spec id or an adapter name), `GET /v1/models`.
+
+The body goes to the engine unchanged; the answer comes back unchanged, streamed chunk by chunk
+when the request asked for `stream`. Errors are OpenAI's shape, so OpenAI SDKs raise them.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import AsyncExitStack
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from app.api.deps import ServicesDep, require_inference_token
+from app.api.relay import RelayResponse
+from app.orchestrator.gateway import GatewayError, adapter_names
+from app.orchestrator.gateway.errors import bad_request
+
+router = APIRouter(prefix="/v1", tags=["gateway"], dependencies=[Depends(require_inference_token)])
+
+# Request headers an engine may use; the rest (the caller's token above all) stay here.
+_FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "user-agent", "x-request-id")
+_RESPONSE_HEADERS = ("content-type", "x-request-id")
+
+
+def _request_headers(request: Request) -> dict[str, str]:
+    return {
+        name: value
+        for name in _FORWARDED_REQUEST_HEADERS
+        if (value := request.headers.get(name)) is not None
+    }
+
+
+def _model_of(body: bytes) -> tuple[str, bool]:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise bad_request("the request body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise bad_request("the request body must be a JSON object")
+    name = payload.get("model")
+    if not isinstance(name, str) or not name:
+        raise bad_request("`model` is required: a model id or an adapter name", param="model")
+    return name, payload.get("stream") is True
+
+
+@router.get("/models")
+async def list_models(services: ServicesDep) -> dict[str, Any]:
+    """Every registered model and adapter in OpenAI's list shape, each with its state."""
+    orchestrator = services.orchestrator
+    statuses = orchestrator.statuses()
+    data: list[dict[str, Any]] = []
+    for spec in orchestrator.specs():
+        status = statuses.get(spec.id)
+        state = status.state if status is not None else "unknown"
+        card = {"object": "model", "owned_by": "gpu-orchestrator", "state": state}
+        data.append({"id": spec.id, **card, "root": spec.model, "parent": None})
+        data += [
+            {"id": name, **card, "root": path, "parent": spec.id}
+            for name, path in zip(adapter_names(spec), spec.adapter_paths, strict=True)
+        ]
+    return {"object": "list", "data": data}
+
+
+@router.post("/{path:path}", response_model=None)
+async def forward(path: str, request: Request, services: ServicesDep) -> Response:
+    """Any OpenAI call that carries a JSON `model`: chat/completions, completions, embeddings..."""
+    body = await request.body()
+    name, stream = _model_of(body)
+    gateway, upstream_pool = services.gateway, services.upstream
+    metrics = gateway.metrics
+    stack = AsyncExitStack()
+    try:
+        lease = await stack.enter_async_context(gateway.lease(name))
+    except GatewayError as error:
+        model_id = route.model_id if (route := gateway.route(name)) else "unknown"
+        metrics.gateway_requests_total.labels(model=model_id, code=error.status_code).inc()
+        raise
+    try:
+        client = upstream_pool.client(lease.base_url)
+        outgoing = client.build_request(
+            "POST", f"/v1/{path}", content=body, headers=_request_headers(request)
+        )
+        upstream = await client.send(outgoing, stream=True)
+    except httpx.HTTPError as error:
+        await stack.aclose()
+        metrics.gateway_requests_total.labels(model=lease.model_id, code=502).inc()
+        raise GatewayError(
+            502,
+            f"the engine of {lease.model_id} did not answer: {error!r}",
+            error_type="api_error",
+            code="engine_unreachable",
+        ) from None
+    stack.push_async_callback(upstream.aclose)
+    metrics.gateway_requests_total.labels(model=lease.model_id, code=upstream.status_code).inc()
+    headers = {name: value for name in _RESPONSE_HEADERS if (value := upstream.headers.get(name))}
+    if not stream:
+        try:
+            content = await upstream.aread()
+        finally:
+            await stack.aclose()
+        return Response(content, status_code=upstream.status_code, headers=headers)
+    headers["X-Accel-Buffering"] = "no"  # nginx in front must not buffer the stream either
+    headers["Cache-Control"] = "no-cache"
+    return RelayResponse(
+        upstream.aiter_raw(),
+        status_code=upstream.status_code,
+        headers=headers,
+        cleanup=stack.aclose,
+    )
