@@ -178,6 +178,7 @@ def agents_table(document: Any) -> str:
     entries = document.get("agents", []) if isinstance(document, Mapping) else document
     headers = ("AGENT", "MODEL", "ADAPTER", "FOUND", "STATE", "BASE URL")
     rows = []
+    gateway_urls = {entry.get("gateway_url") for entry in entries or [] if entry.get("gateway_url")}
     for entry in entries or []:
         status = entry.get("status") if isinstance(entry.get("status"), Mapping) else {}
         rows.append(
@@ -190,7 +191,11 @@ def agents_table(document: Any) -> str:
                 _pick(entry, "base_url") or _pick(status, "base_url"),
             )
         )
-    return render_table(headers, rows)
+    table = render_table(headers, rows)
+    if len(gateway_urls) == 1:
+        # Agents need no engine address: the gateway routes by the adapter's name.
+        table += f"\nOpenAI endpoint for every agent: {gateway_urls.pop()} (model = ADAPTER)"
+    return table
 
 
 def can_start_report(document: Mapping[str, Any]) -> str:

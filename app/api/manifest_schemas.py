@@ -60,7 +60,9 @@ class SyncReportPublic(BaseModel):
 
 
 class AgentPublic(BaseModel):
-    """Where an agent's adapter answers: `base_url` + /v1/... with "model": `served_model_name`.
+    """Where an agent's adapter answers. Simplest: the gateway, `gateway_url` (this service's
+    own /v1, whatever the engine's state: it starts the model on demand) with
+    "model": `served_model_name`; or the engine itself at `base_url` + /v1/... while it runs.
 
     `served_model_name` is null unless the adapter is attached to `model_id`'s spec (`found`);
     `base_url` is null unless that model is running. With `restart_needed` the running engine
@@ -81,6 +83,11 @@ class AgentPublic(BaseModel):
     base_url: str | None
     state: str | None
     restart_needed: bool
+    gateway_url: str | None = Field(
+        default=None,
+        description="This service's OpenAI endpoint: send the agent's requests here with "
+        '"model": served_model_name.',
+    )
 
 
 def issue_public(issue: ManifestIssue) -> IssuePublic:
@@ -122,7 +129,12 @@ def report_public(report: SyncReport) -> SyncReportPublic:
 
 
 def agent_public(
-    serving: AgentServing, *, state: str | None, base_url: str | None, restart_needed: bool
+    serving: AgentServing,
+    *,
+    state: str | None,
+    base_url: str | None,
+    restart_needed: bool,
+    gateway_url: str | None = None,
 ) -> AgentPublic:
     """`base_url` is given only while the engine is running: a starting one refuses requests."""
     return AgentPublic(
@@ -138,4 +150,5 @@ def agent_public(
         base_url=base_url if state == "running" else None,
         state=state,
         restart_needed=restart_needed,
+        gateway_url=gateway_url if serving.found else None,
     )

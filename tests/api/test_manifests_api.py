@@ -151,6 +151,8 @@ async def test_agents_lists_every_adapter_with_name_and_path_while_stopped(
         assert agent["found"] is True and agent["error"] is None
         assert agent["base_model"] == "mistral" and agent["model_id"] == MODEL_ID
         assert agent["state"] == "stopped" and agent["base_url"] is None
+        # The gateway serves every agent by its adapter's name, stopped or not.
+        assert agent["gateway_url"] == "http://test/v1"
 
 
 async def test_manifests_missing_adapter_reported_and_model_keeps_the_rest(

@@ -46,14 +46,23 @@ async def get_manifests(sync: ManifestSyncDep) -> SyncReportPublic:
 
 @router.get("/agents")
 async def list_agents(
-    sync: ManifestSyncDep, orchestrator: OrchestratorDep, settings: SettingsDep
+    request: Request,
+    sync: ManifestSyncDep,
+    orchestrator: OrchestratorDep,
+    settings: SettingsDep,
 ) -> list[AgentPublic]:
-    """Every adapter of AGENT_MODEL_MAP.json and where it answers: send OpenAI requests to
-    `base_url` + `/v1/...` with `"model": served_model_name`."""
-    return [_agent(serving, orchestrator, settings) for serving in sync.last_report.agents]
+    """Every adapter of AGENT_MODEL_MAP.json and where it answers: an agent sends its OpenAI
+    requests to `gateway_url` (this service, which starts the model on demand) with
+    `"model": served_model_name`; `base_url` is the engine's own address while it runs."""
+    gateway_url = str(request.base_url).rstrip("/") + "/v1"
+    return [
+        _agent(serving, orchestrator, settings, gateway_url) for serving in sync.last_report.agents
+    ]
 
 
-def _agent(serving: AgentServing, orchestrator: Orchestrator, settings: Settings) -> AgentPublic:
+def _agent(
+    serving: AgentServing, orchestrator: Orchestrator, settings: Settings, gateway_url: str
+) -> AgentPublic:
     if serving.model_id is None:
         return agent_public(serving, state=None, base_url=None, restart_needed=False)
     try:
@@ -68,5 +77,9 @@ def _agent(serving: AgentServing, orchestrator: Orchestrator, settings: Settings
         return agent_public(gone, state=None, base_url=None, restart_needed=False)
     public = status_public(status, engine_host=settings.engine_host)
     return agent_public(
-        serving, state=public.state, base_url=public.base_url, restart_needed=public.restart_needed
+        serving,
+        state=public.state,
+        base_url=public.base_url,
+        restart_needed=public.restart_needed,
+        gateway_url=gateway_url,
     )
