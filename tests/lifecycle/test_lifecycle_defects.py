@@ -63,7 +63,7 @@ def test_lifecycle_leftovers_of_a_dead_engine_are_terminated_before_a_new_launch
     with orchestrator_process(state_dir) as second:
         # Until adoption has run, the status is the one recorded (running, the old pid).
         wait_until(lambda: second.status("tiny")["pid"] not in (None, old_pid), 20)
-        status = second.wait_state("tiny", "running")
+        second.wait_state("tiny", "running")
         assert not _alive(children[0])
         events = second.client.get("/models/tiny/events", params={"limit": 1000}).json()
         kinds = [event["kind"] for event in events]
