@@ -89,6 +89,17 @@ class LogFollower:
     def __del__(self) -> None:
         self.close()
 
+    def pending_bytes(self) -> int | None:
+        """Bytes appended to the open file since the last read; None when unknown (no file
+        open yet, or the file shrank)."""
+        if self._file is None:
+            return None
+        try:
+            pending = os.fstat(self._file).st_size - self.offset
+        except OSError:
+            return None
+        return pending if pending >= 0 else None
+
     def close(self) -> None:
         if self._file is not None:
             with contextlib.suppress(OSError):
@@ -182,6 +193,11 @@ class LogFollower:
         if not data:
             return []
         end = data.rfind(b"\n")
+        if end < 0 and len(data) == max_bytes < MAX_LINE_BYTES:
+            # A first line longer than the chunk: read on to its end (or to the piece size)
+            # rather than take an unfinished read for a partial line.
+            data = os.pread(fd, MAX_LINE_BYTES, self.offset)
+            end = data.rfind(b"\n")
         if end >= 0:
             complete = data[: end + 1]
         elif final or len(data) >= MAX_LINE_BYTES:

@@ -4,10 +4,12 @@ The read offset is persisted with the status, so lines already seen are never re
 across orchestrator restarts; an OOM is counted once per engine run (its launch token), however
 many lines of its traceback match and however often the file is read.
 
-Reading never runs on the event loop: after downtime the backlog may be hundreds of MB, and one
+Reading a backlog never runs on the event loop: after downtime it may be hundreds of MB, and one
 blocking read would stall every supervisor, health probe and request of the service. Each step
 reads and classifies one bounded chunk in a worker thread (`asyncio.to_thread`) and keeps only
 the first OOM found, so memory does not grow with the backlog and the loop runs between chunks.
+What a running engine appends between two wakes (a health probe's access line) is a few hundred
+bytes: that is read on the loop, where it costs microseconds and a thread hop would cost more.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
     from app.orchestrator.lifecycle.context import RunContext
     from app.orchestrator.lifecycle.status_writer import StatusWriter
 
+# Appended bytes read on the event loop itself; more go to a worker thread, chunk by chunk.
+_INLINE_READ_BYTES = 16 * 1024
 # Persist the offset at most this often when nothing notable was read: re-reading a minute of
 # healthy lines after a restart is harmless, a commit per health-check access line is not.
 _OFFSET_SAVE_INTERVAL_S = 60.0
@@ -64,8 +68,15 @@ class OomTracker:
         does: then a file rotated away from under the engine is finished and left.
         """
         first: OomMatch | None = None
+        writer_running = run_token is not None
         while True:
-            chunk = await asyncio.to_thread(self._read_chunk, writer_running=run_token is not None)
+            pending = self.follower.pending_bytes()
+            if pending is not None and pending <= _INLINE_READ_BYTES:
+                chunk = self._read_chunk(_INLINE_READ_BYTES, writer_running=writer_running)
+            else:
+                chunk = await asyncio.to_thread(
+                    self._read_chunk, MAX_READ_BYTES, writer_running=writer_running
+                )
             if first is None:
                 first = chunk.match
             if not chunk.read_any:
@@ -80,9 +91,9 @@ class OomTracker:
             self._save_offset()
         return found
 
-    def _read_chunk(self, *, writer_running: bool) -> _Chunk:
-        """One bounded step, in a worker thread: read up to MAX_READ_BYTES, classify it."""
-        lines = self.follower.read_chunk(max_bytes=MAX_READ_BYTES, writer_running=writer_running)
+    def _read_chunk(self, max_bytes: int, *, writer_running: bool) -> _Chunk:
+        """One bounded step: read up to `max_bytes` of whole lines, classify them."""
+        lines = self.follower.read_chunk(max_bytes=max_bytes, writer_running=writer_running)
         first: OomMatch | None = None
         for line in lines:
             match = self.scanner.feed(line)

@@ -232,3 +232,23 @@ def test_logwatch_lets_a_deleted_log_go_once_its_writer_is_done(tmp_path: Path) 
     assert follower.inode is None and follower.offset == 0
     log.write_text("a new log\n")
     assert follower.read_new() == ["a new log"]
+
+
+def test_logwatch_reads_a_line_longer_than_the_chunk_asked_for(tmp_path: Path) -> None:
+    log = tmp_path / "m.log"
+    long_line = "x" * 10_000
+    log.write_text(long_line + "\nnext\n")
+    follower = LogFollower(log)
+    assert follower.read_chunk(max_bytes=4096) == [long_line, "next"]
+
+
+def test_logwatch_pending_bytes_counts_what_was_appended(tmp_path: Path) -> None:
+    log = tmp_path / "m.log"
+    log.write_text("one\n")
+    follower = LogFollower(log)
+    assert follower.pending_bytes() is None  # nothing opened yet
+    follower.read_new()
+    assert follower.pending_bytes() == 0
+    with log.open("a") as handle:
+        handle.write("two\n")
+    assert follower.pending_bytes() == 4
