@@ -17,7 +17,18 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from app.api.body_limit import BodyLimitMiddleware
 from app.api.deps import ServicesDep, require_token
 from app.api.errors import install_error_handlers
-from app.api.routes import docs, events, gateway, gpus, lifecycle, manifests, models, system, ui
+from app.api.routes import (
+    adapters,
+    docs,
+    events,
+    gateway,
+    gpus,
+    lifecycle,
+    manifests,
+    models,
+    system,
+    ui,
+)
 from app.orchestrator.event_bus import EventBus
 from app.orchestrator.wiring import Overrides, build_services
 from app.settings import Settings, load_settings
@@ -84,6 +95,7 @@ def create_app(
     app.include_router(system.router)
     app.include_router(models.router, dependencies=protected)
     app.include_router(lifecycle.router, dependencies=protected)
+    app.include_router(adapters.router, dependencies=protected)
     app.include_router(gpus.router, dependencies=protected)
     app.include_router(manifests.router, dependencies=protected)
     app.include_router(events.router, dependencies=protected)

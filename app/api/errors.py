@@ -34,6 +34,9 @@ STATUS_BY_CODE = {
     "adapter_invalid": 422,
     "launch_failed": 503,
     "stop_failed": 409,
+    "adapter_name_conflict": 409,
+    "adapter_not_found": 404,
+    "restart_needed": 409,
 }
 
 

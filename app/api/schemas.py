@@ -69,6 +69,8 @@ class ModelPatch(BaseModel):
     start_timeout_s: float | None = Field(default=None, gt=0.0, le=86400.0, allow_inf_nan=False)
     on_demand: bool | None = None
     max_concurrency: int | None = Field(default=None, ge=0, le=100_000)
+    max_loras: int | None = Field(default=None, ge=1, le=256)
+    max_lora_rank: int | None = None
 
 
 class ErrorDetail(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from app.orchestrator.lora import Adapter, lora_flags
+from app.orchestrator.lora import Adapter, LoraLimits, lora_flags, lora_limits
 from app.orchestrator.spec import ModelSpec
 
 # The engine starts from a clean environment plus these, never the orchestrator's whole one
@@ -63,9 +63,14 @@ def build_argv(
         argv += ["--max-model-len", str(spec.max_model_len)]
     if spec.tensor_parallel_size > 1:
         argv += ["--tensor-parallel-size", str(spec.tensor_parallel_size)]
-    argv += lora_flags(list(adapters))
+    argv += lora_flags(list(adapters), engine_lora_limits(spec, adapters))
     argv += spec.extra_args
     return argv
+
+
+def engine_lora_limits(spec: ModelSpec, adapters: Sequence[Adapter]) -> LoraLimits | None:
+    """The LoRA limits an engine of `spec` is launched with (None: no LoRA at all)."""
+    return lora_limits(list(adapters), max_loras=spec.max_loras, max_lora_rank=spec.max_lora_rank)
 
 
 def build_env(
@@ -84,6 +89,9 @@ def build_env(
     env.update(engine_env)
     env.update(spec.env)
     env["VLLM_ADAPTER_PATHS"] = ":".join(str(adapter.path) for adapter in adapters)
+    if engine_lora_limits(spec, adapters) is not None:
+        # Adapters are added and removed on the running engine (POST /v1/load_lora_adapter).
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     env["CUDA_DEVICE_ORDER"] = CUDA_DEVICE_ORDER  # NVML index i is CUDA device i
     if gpu_ids:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in gpu_ids)

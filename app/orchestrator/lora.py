@@ -40,7 +40,7 @@ def read_adapter(name: str, path: Path) -> Adapter:
     return Adapter(name=name, path=path, rank=rank)
 
 
-def max_lora_rank(adapters: list[Adapter]) -> int:
+def max_lora_rank_of(adapters: list[Adapter]) -> int:
     """The smallest of vLLM's rank choices that covers every adapter."""
     widest = max(adapters, key=lambda adapter: adapter.rank)
     for choice in VLLM_LORA_RANKS:
@@ -53,17 +53,64 @@ def max_lora_rank(adapters: list[Adapter]) -> int:
     )
 
 
-def lora_flags(adapters: list[Adapter]) -> list[str]:
+# Room an engine keeps for adapters added while it runs (a rank vLLM takes; most agents' LoRAs
+# are r=8..64). LoRA slots hold GPU memory (max_loras x max_lora_rank per layer), so the default
+# is modest and the spec's fields say more when a team needs it.
+DEFAULT_RUNTIME_LORA_RANK = 64
+DEFAULT_RUNTIME_LORAS = 4
+
+
+@dataclass(frozen=True)
+class LoraLimits:
+    """What an engine is launched with: adapters live-added later must fit these."""
+
+    max_loras: int
+    max_lora_rank: int
+
+
+def rank_choice(rank: int) -> int:
+    """The smallest of vLLM's --max-lora-rank choices that covers `rank`."""
+    for choice in VLLM_LORA_RANKS:
+        if choice >= rank:
+            return choice
+    raise AdapterError(
+        f"rank {rank} exceeds the largest vLLM takes ({VLLM_LORA_RANKS[-1]})",
+        figures={"rank": rank, "max_rank": VLLM_LORA_RANKS[-1]},
+    )
+
+
+def lora_limits(
+    adapters: list[Adapter], *, max_loras: int | None, max_lora_rank: int | None
+) -> LoraLimits | None:
+    """The limits an engine of this spec is launched with; None when the spec uses no LoRA (no
+    adapter and no max_loras). Defaults fit the declared adapters, with room for more."""
+    if not adapters and max_loras is None and max_lora_rank is None:
+        return None
+    needed_rank = max_lora_rank_of(adapters) if adapters else 1
+    rank = (
+        max_lora_rank if max_lora_rank is not None else max(needed_rank, DEFAULT_RUNTIME_LORA_RANK)
+    )
+    if rank < needed_rank:
+        widest = max(adapters, key=lambda adapter: adapter.rank)
+        raise AdapterError(
+            f"adapter {widest.name}: rank {widest.rank} exceeds max_lora_rank {rank}",
+            figures={"adapter": widest.name, "rank": widest.rank, "max_lora_rank": rank},
+        )
+    slots = max_loras if max_loras is not None else max(len(adapters), DEFAULT_RUNTIME_LORAS)
+    return LoraLimits(max_loras=slots, max_lora_rank=rank)
+
+
+def lora_flags(adapters: list[Adapter], limits: LoraLimits | None) -> list[str]:
     """--enable-lora --lora-modules name=path ... (one token each: the JSON form fails)."""
-    if not adapters:
+    if limits is None:
         return []
-    modules = [f"{adapter.name}={adapter.path}" for adapter in adapters]
+    flags = ["--enable-lora"]
+    if adapters:
+        flags += ["--lora-modules", *(f"{adapter.name}={adapter.path}" for adapter in adapters)]
     return [
-        "--enable-lora",
-        "--lora-modules",
-        *modules,
+        *flags,
         "--max-lora-rank",
-        str(max_lora_rank(adapters)),
+        str(limits.max_lora_rank),
         "--max-loras",
-        str(len(adapters)),
+        str(limits.max_loras),
     ]

@@ -89,3 +89,15 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.adapter_loads_total = Counter(
+            "gpu_orchestrator_adapter_loads",
+            "LoRA adapters loaded into (or unloaded from) running engines, by result.",
+            ["model", "result"],
+            registry=self.registry,
+        )
+        self.adapters_loaded = Gauge(
+            "gpu_orchestrator_adapters_loaded",
+            "LoRA adapters a model's running engine serves.",
+            ["model"],
+            registry=self.registry,
+        )

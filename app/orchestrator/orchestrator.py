@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable, Collection
 from typing import Any
 
+from pydantic import ValidationError
+
 from app.orchestrator.activity import ActivityBoard
 from app.orchestrator.lifecycle import (
     CommandKind,
@@ -22,6 +24,7 @@ from app.orchestrator.lifecycle import (
     RunContext,
     Supervisor,
 )
+from app.orchestrator.lifecycle.adapters import AdapterView, with_adapter
 from app.orchestrator.lifecycle.messages import Adopt
 from app.orchestrator.model_names import name_conflicts
 from app.orchestrator.registry import AlreadyExistsError
@@ -74,6 +77,8 @@ class Orchestrator:
         self._changing = asyncio.Lock()
         # Requests in flight and the last one's time, per model (the gateway writes them).
         self.activity = ActivityBoard()
+        # Adapters being added right now, by name: the gateway waits for them to load.
+        self.loading_adapters: dict[str, asyncio.Event] = {}
         # Bumped by every spec change, so readers (the gateway's routes) rebuild only then.
         self.spec_version = 0
 
@@ -110,6 +115,7 @@ class Orchestrator:
         await asyncio.gather(*self._tasks.values(), *self._background, return_exceptions=True)
         await self.ctx.registry.flush()
         await self.ctx.health.aclose()
+        await self.ctx.adapters.aclose()
 
     def _spawn(self, spec: ModelSpec, status: StatusRow) -> Supervisor:
         supervisor = Supervisor(spec, status, self.ctx)
@@ -217,6 +223,42 @@ class Orchestrator:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         return result
+
+    # -- adapters -----------------------------------------------------------------------------
+    async def adapters(self, model_id: str) -> list[AdapterView]:
+        return await self._supervisor(model_id).adapters()
+
+    async def add_adapter(
+        self, model_id: str, name: str, path: str, *, source: str = "api"
+    ) -> CommandResult:
+        """Add an adapter to the spec, and load it live on a running engine. Its name is taken
+        node-wide in the same step; requests for it wait while it loads."""
+        async with self._changing:
+            supervisor = self._supervisor(model_id)
+            spec = supervisor.spec
+            if spec.adapter_names.get(path, None) != name or path not in spec.adapter_paths:
+                try:
+                    candidate = with_adapter(spec, name, path)
+                except ValidationError:
+                    candidate = None  # the supervisor says what is wrong with it
+                if candidate is not None:
+                    self._check_names(candidate)
+            loading = self.loading_adapters.setdefault(name, asyncio.Event())
+            try:
+                result = await supervisor.change_adapter(name, path, source=source)
+                self.spec_version += result.changed
+            finally:
+                self.loading_adapters.pop(name, None)
+                loading.set()
+            return result
+
+    async def remove_adapter(
+        self, model_id: str, name: str, *, source: str = "api"
+    ) -> CommandResult:
+        async with self._changing:
+            result = await self._supervisor(model_id).change_adapter(name, None, source=source)
+            self.spec_version += result.changed
+            return result
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def command(

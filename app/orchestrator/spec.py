@@ -14,6 +14,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.orchestrator.lora import VLLM_LORA_RANKS
+
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 # systemd's MemoryMax=: bytes with an optional K/M/G/T/P/E suffix, a percentage, or "infinity".
 _MEMORY_MAX = re.compile(r"^(infinity|[0-9]+(\.[0-9]+)?[KMGTPE]?|[0-9]+(\.[0-9]+)?%)$")
@@ -215,6 +217,28 @@ class ModelSpecBase(BaseModel):
         description="Requests the gateway sends the engine at once; more wait in the queue. "
         "0: unlimited.",
     )
+
+    max_loras: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="LoRA slots the engine keeps (vLLM's --max-loras); setting it enables LoRA "
+        "even with no adapter yet. Default: the declared adapters, at least 4.",
+    )
+    max_lora_rank: int | None = Field(
+        default=None,
+        description="Largest adapter rank the engine takes (vLLM's --max-lora-rank, one of "
+        "1, 8, 16, 32, 64, 128, 256, 320, 512). Default: the widest declared adapter, at least 64.",
+    )
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _lora_rank(cls, value: int | None) -> int | None:
+        if value is not None and value not in VLLM_LORA_RANKS:
+            raise ValueError(
+                f"max_lora_rank must be one of vLLM's choices {list(VLLM_LORA_RANKS)}: {value}"
+            )
+        return value
 
     @field_validator("model")
     @classmethod

@@ -36,6 +36,8 @@ class ModelRow(SQLModel, table=True):
     )
     on_demand: bool = True
     max_concurrency: int = 0
+    max_loras: int | None = None
+    max_lora_rank: int | None = None
     source: str = Field(default="api", description="api, or manifest:<file>")
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))

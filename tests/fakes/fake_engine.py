@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, TextIO
 
 FAILURE_KINDS = ("gpu_oom", "kv_cache_insufficient", "host_oom", "exit")
@@ -103,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--served-model-name", nargs="+", default=[])
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--lora-modules", nargs="+", default=[])
+    parser.add_argument("--max-lora-rank", type=int, default=16)
+    fake_lora = parser.add_argument_group("fake runtime LoRA")
+    fake_lora.add_argument("--lora-load-delay-s", type=float, default=0.0)
     fake = parser.add_argument_group("fake engine behaviour")
     fake.add_argument("--ready-delay-s", type=float, default=0.0)
     fake.add_argument("--exit-during-start", type=int, metavar="CODE")
@@ -120,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="pause before each streamed token (and before the first one)",
+    )
+    fake.add_argument(
+        "--tcp-nodelay",
+        action="store_true",
+        help="send each write at once (TCP_NODELAY), as vLLM's uvicorn does; without it a small "
+        "write after the headers waits for the client's delayed ACK (~40 ms on Linux)",
     )
     return parser
 
@@ -323,6 +333,11 @@ class EngineHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: EngineServer
 
+    def setup(self) -> None:
+        # StreamRequestHandler sets TCP_NODELAY in setup() when this is true.
+        self.disable_nagle_algorithm = bool(self.server.engine.options.tcp_nodelay)
+        super().setup()
+
     def log_message(self, format: str, *args: Any) -> None:
         # uvicorn's access line: `INFO:     127.0.0.1:40000 - "GET /health HTTP/1.1" 200`
         request_line, status = (args[0], args[1]) if len(args) >= 2 else ("-", format % args)
@@ -361,6 +376,9 @@ class EngineHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         engine = self.server.engine
         raw_body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
+            self.change_lora(raw_body)
+            return
         if self.path not in _GENERATION_PATHS:
             self.send_openai_error(404, "Not Found", "NotFoundError")
             return
@@ -380,6 +398,51 @@ class EngineHandler(BaseHTTPRequestHandler):
             self.stream(model, request)
         else:
             self.send_json(200, _GENERATION_PATHS[self.path](model, request))
+
+    def change_lora(self, raw_body: bytes) -> None:
+        """vLLM's runtime LoRA routes: there only with VLLM_ALLOW_RUNTIME_LORA_UPDATING, 400 for a
+        name already loaded or a rank above --max-lora-rank, 404 for unloading an unknown one."""
+        engine = self.server.engine
+        if os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "").lower() not in ("1", "true"):
+            self.send_openai_error(404, "Not Found", "NotFoundError")
+            return
+        request = json.loads(raw_body or b"{}")
+        name = str(request.get("lora_name") or "")
+        if self.path == "/v1/unload_lora_adapter":
+            if engine.lora_modules.pop(name, None) is None:
+                message = f"The lora adapter '{name}' cannot be found."
+                self.send_openai_error(404, message, "NotFoundError")
+                return
+            self.send_text(f"Success: LoRA adapter '{name}' removed successfully.")
+            return
+        path = str(request.get("lora_path") or "")
+        if name in engine.lora_modules:
+            message = f"The lora adapter '{name}' has already been loaded."
+            self.send_openai_error(400, message, "InvalidUserInput")
+            return
+        try:
+            rank = int(json.loads((Path(path) / "adapter_config.json").read_text())["r"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            self.send_openai_error(400, f"Loading lora {name} failed: {error}", "BadRequestError")
+            return
+        if rank > engine.options.max_lora_rank:
+            message = (
+                f"LoRA rank {rank} is greater than max_lora_rank {engine.options.max_lora_rank}."
+            )
+            self.send_openai_error(400, message, "BadRequestError")
+            return
+        if engine.options.lora_load_delay_s:
+            time.sleep(engine.options.lora_load_delay_s)
+        engine.lora_modules[name] = path
+        self.send_text(f"Success: LoRA adapter '{name}' added successfully.")
+
+    def send_text(self, text: str) -> None:
+        payload = text.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
 
     def stream(self, model: str, request: dict[str, Any]) -> None:
         """Server-sent events, one token per chunk at --token-interval-s, then [DONE]; a client

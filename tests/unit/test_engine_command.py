@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.orchestrator.engine_command import build_engine_command
-from app.orchestrator.lora import Adapter, AdapterError, max_lora_rank, read_adapter
+from app.orchestrator.lora import Adapter, AdapterError, max_lora_rank_of, read_adapter
 from app.orchestrator.spec import ModelSpec
 
 
@@ -78,6 +78,7 @@ def test_engine_command_env_is_clean_base_plus_spec_and_owned() -> None:
     assert env["VLLM_LOGGING_LEVEL"] == "DEBUG"
     assert env["VLLM_ADAPTER_PATHS"] == "/s/a:/s/b"
     assert env["CUDA_VISIBLE_DEVICES"] == "1,3" and env["GPU_ORCH_LAUNCH_TOKEN"] == "tok"
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"  # adapters change live
     lora = argv[argv.index("--enable-lora") :]
     assert lora == [
         "--enable-lora",
@@ -87,8 +88,24 @@ def test_engine_command_env_is_clean_base_plus_spec_and_owned() -> None:
         "--max-lora-rank",
         "64",
         "--max-loras",
-        "2",
+        "4",  # room for adapters added while it runs
     ]
+
+
+def test_engine_command_lora_limits_from_the_spec_or_fitted() -> None:
+    wide = (Adapter("w", Path("/s/w"), 128),)
+    argv, _env = _command(ModelSpec(id="m", model="x"), wide)
+    assert argv[argv.index("--max-lora-rank") + 1] == "128"  # fits the widest declared
+    spec = ModelSpec(id="m", model="x", max_loras=8, max_lora_rank=256)
+    argv, env = _command(spec, ())
+    assert "--lora-modules" not in argv  # LoRA on, no adapter yet: they come at runtime
+    assert argv[argv.index("--max-loras") + 1] == "8"
+    assert argv[argv.index("--max-lora-rank") + 1] == "256"
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    _argv, plain = _command(ModelSpec(id="m", model="x"), ())
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in plain
+    with pytest.raises(AdapterError, match="exceeds max_lora_rank 16"):
+        _command(ModelSpec(id="m", model="x", max_lora_rank=16), wide)
 
 
 def test_engine_command_no_adapters_no_lora_flags() -> None:
@@ -99,12 +116,12 @@ def test_engine_command_no_adapters_no_lora_flags() -> None:
 @pytest.mark.parametrize(("ranks", "expected"), [([1], 1), ([8], 8), ([9], 16), ([300], 320)])
 def test_lora_rank_rounds_up_to_vllm_choice(ranks: list[int], expected: int) -> None:
     adapters = [Adapter(f"a{i}", Path("/x"), rank) for i, rank in enumerate(ranks)]
-    assert max_lora_rank(adapters) == expected
+    assert max_lora_rank_of(adapters) == expected
 
 
 def test_lora_rank_above_vllm_maximum_is_an_error() -> None:
     with pytest.raises(AdapterError, match="exceeds"):
-        max_lora_rank([Adapter("a", Path("/x"), 1024)])
+        max_lora_rank_of([Adapter("a", Path("/x"), 1024)])
 
 
 def test_lora_read_adapter_needs_config_with_rank(tmp_path: Path) -> None:

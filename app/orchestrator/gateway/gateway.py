@@ -10,6 +10,8 @@ starting") and wait, bounded by the queue and by the start timeout.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -56,11 +58,21 @@ class Gateway:
             self._routes_version = version
         return self._routes.get(name)
 
-    @asynccontextmanager
-    async def lease(self, name: str) -> AsyncIterator[Lease]:
+    async def _route_or_wait(self, name: str) -> Route:
+        """The route of `name`; an adapter being added right now is waited for (its load)."""
         route = self.route(name)
+        loading = self.orchestrator.loading_adapters.get(name)
+        if route is None and loading is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(loading.wait(), self.settings.start_timeout_s)
+            route = self.route(name)
         if route is None:
             raise not_found(name)
+        return route
+
+    @asynccontextmanager
+    async def lease(self, name: str) -> AsyncIterator[Lease]:
+        route = await self._route_or_wait(name)
         activity = self.activity.of(route.model_id)
         try:
             activity.enter_queue(self.settings.gateway_max_queue)

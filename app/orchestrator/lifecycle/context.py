@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.orchestrator.adapter_control import AdapterControl, HttpAdapterControl
 from app.orchestrator.clock import Clock
 from app.orchestrator.gpu.headroom import GpuAllocator
 from app.orchestrator.gpu.probe import GpuProbe
@@ -34,6 +35,7 @@ class RunContext:
     log_watcher: LogDirWatcher
     resolver: ModelResolver
     parent_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    adapters: AdapterControl = field(default_factory=HttpAdapterControl)
 
     def log_path(self, model_id: str) -> Path:
         return self.settings.resolved_log_dir / f"{model_id}.log"

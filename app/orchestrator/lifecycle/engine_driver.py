@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from app.orchestrator.engine_command import engine_lora_limits
 from app.orchestrator.failures import FailureKind, failure_message
 from app.orchestrator.launchers.base import EngineHandle, EngineRecord, StopError
 from app.orchestrator.lifecycle import watchers
@@ -22,6 +23,7 @@ from app.orchestrator.lifecycle.policy import Degrade, decide_after_failure
 from app.orchestrator.lifecycle.run_watch import watch_run
 from app.orchestrator.lifecycle.states import DesiredState, ModelState
 from app.orchestrator.lifecycle.status_writer import StatusWriter
+from app.orchestrator.lora import AdapterError, LoraLimits
 from app.orchestrator.oom_tracking import OomTracker
 from app.orchestrator.spec import ModelSpec
 
@@ -301,6 +303,7 @@ class EngineDriver:
             base_url=self.ctx.base_url(port),
             start_timeout_s=self.start_timeout_s(),
             start_deadline=self.ctx.clock.monotonic() + remaining_s,
+            lora=self._launched_lora_limits(),
         )
         self.writer.save(
             {"kind": "adopted", "reason": f"pid {handle.pid} still alive, adopted"},
@@ -309,6 +312,15 @@ class EngineDriver:
         )
         self.run = run
         return run
+
+    def _launched_lora_limits(self) -> LoraLimits | None:
+        """The LoRA limits an adopted engine was launched with: those its spec gives (a spec
+        edit that would change them needs a restart, so they are the launch's)."""
+        spec = self._spec()
+        try:
+            return engine_lora_limits(spec, self.ctx.resolver.resolve(spec).adapters)
+        except AdapterError:
+            return None
 
     # -- tasks ----------------------------------------------------------------------------
     def _timer(self, coroutine: Coroutine[Any, Any, None]) -> None:

@@ -16,6 +16,9 @@ class ErrorCode(StrEnum):
     GPU_MEMORY_LOW = "gpu_memory_low"
     PORT_UNAVAILABLE = "port_unavailable"
     ADAPTER_INVALID = "adapter_invalid"
+    ADAPTER_NAME_CONFLICT = "adapter_name_conflict"
+    ADAPTER_NOT_FOUND = "adapter_not_found"
+    RESTART_NEEDED = "restart_needed"
     LAUNCH_FAILED = "launch_failed"
     STOP_FAILED = "stop_failed"
 

@@ -15,14 +15,14 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.orchestrator.engine_command import EngineCommand, build_engine_command
+from app.orchestrator.engine_command import EngineCommand, build_engine_command, engine_lora_limits
 from app.orchestrator.gpu.headroom import HeadroomDecision
 from app.orchestrator.launchers.base import EngineHandle, LaunchError, LaunchRequest
 from app.orchestrator.lifecycle.context import RunContext
 from app.orchestrator.lifecycle.errors import CommandError, ErrorCode
 from app.orchestrator.lifecycle.states import DesiredState, ModelState
 from app.orchestrator.lifecycle.status_writer import StatusWriter
-from app.orchestrator.lora import AdapterError
+from app.orchestrator.lora import AdapterError, LoraLimits
 from app.orchestrator.ports import PortUnavailableError
 from app.orchestrator.resolver import ResolvedModel
 from app.orchestrator.spec import ModelSpec
@@ -40,6 +40,8 @@ class EngineRun:
     # from; a spec edit of start_timeout_s during the start moves both.
     start_timeout_s: float = 0.0
     start_deadline: float = 0.0
+    # The LoRA limits the engine was launched with (None: no LoRA; adapters cannot be added live).
+    lora: LoraLimits | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
@@ -196,4 +198,5 @@ async def _reserved_launch(
         base_url=ctx.base_url(port),
         start_timeout_s=timeout_s,
         start_deadline=ctx.clock.monotonic() + timeout_s,
+        lora=engine_lora_limits(spec, resolved.adapters),
     )

@@ -44,6 +44,16 @@ class UpdateSpec:
     reply: asyncio.Future[CommandResult] | None = None
 
 
+@dataclass
+class AdapterChange:
+    """Add (`path` given) or remove (`path` None) the adapter `name`, live if the engine runs."""
+
+    name: str
+    path: str | None
+    source: str = "api"
+    reply: asyncio.Future[CommandResult] | None = None
+
+
 @dataclass(frozen=True)
 class Adopt:
     """Sent once at start-up: look at what the store recorded and pick it up."""
@@ -95,4 +105,4 @@ Observation = (
     | StableElapsed
     | LogGrew
 )
-Message = Command | UpdateSpec | Adopt | Observation
+Message = Command | UpdateSpec | AdapterChange | Adopt | Observation

@@ -10,7 +10,9 @@ from app.orchestrator.lifecycle.errors import CommandError, ErrorCode
 from app.orchestrator.spec import ModelSpec
 
 # Fields an engine does not read at launch: a change applies to a running engine at once.
-LIVE_FIELDS = frozenset({"restart_policy", "start_timeout_s"})
+LIVE_FIELDS = frozenset({"restart_policy", "start_timeout_s", "on_demand", "max_concurrency"})
+# Adapters change live on an engine launched with LoRA (load/unload, no restart).
+ADAPTER_FIELDS = frozenset({"adapter_paths", "adapter_names"})
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,7 @@ class SpecChange:
     fields: frozenset[str]
     restart_needed: bool = False
     error: CommandError | None = None
+    live_adapters: bool = False  # the running engine's adapters are to be reconciled
 
 
 def changed_fields(current: ModelSpec, new: ModelSpec) -> frozenset[str]:
@@ -27,12 +30,20 @@ def changed_fields(current: ModelSpec, new: ModelSpec) -> frozenset[str]:
 
 
 def judge_spec_change(
-    current: ModelSpec, new: ModelSpec, *, engine_up: bool, running_policy: str
+    current: ModelSpec,
+    new: ModelSpec,
+    *,
+    engine_up: bool,
+    running_policy: str,
+    live_adapters: bool = False,
 ) -> SpecChange:
     """`running_policy` "refuse" answers 409 model_running for launch-time fields while an
-    engine is up (the API's rule); "flag" accepts them and flags restart_needed (manifests)."""
+    engine is up (the API's rule); "flag" accepts them and flags restart_needed (manifests).
+    With `live_adapters` (the engine was launched with LoRA) adapter changes apply live."""
     fields = changed_fields(current, new)
     launch_fields = fields - LIVE_FIELDS
+    if engine_up and live_adapters and launch_fields and launch_fields <= ADAPTER_FIELDS:
+        return SpecChange(fields, live_adapters=True)
     if not engine_up or not launch_fields:
         return SpecChange(fields)
     if running_policy == "flag":

@@ -14,11 +14,13 @@ from collections.abc import Callable
 from typing import Any, assert_never
 
 from app.orchestrator.failures import FailureKind
+from app.orchestrator.lifecycle.adapters import AdapterSteps, AdapterView
 from app.orchestrator.lifecycle.adopt import adopt
 from app.orchestrator.lifecycle.context import RunContext
 from app.orchestrator.lifecycle.engine_driver import EngineDriver
 from app.orchestrator.lifecycle.errors import CommandError, CommandResult, ErrorCode
 from app.orchestrator.lifecycle.messages import (
+    AdapterChange,
     Adopt,
     BackoffElapsed,
     Command,
@@ -42,7 +44,10 @@ from app.store.tables import StatusRow
 logger = logging.getLogger(__name__)
 
 
-def _reply(command: Command | UpdateSpec, result: CommandResult) -> None:
+_ANSWERED = (Command, UpdateSpec, AdapterChange)
+
+
+def _reply(command: Command | UpdateSpec | AdapterChange, result: CommandResult) -> None:
     if command.reply is not None and not command.reply.done():
         command.reply.set_result(result)
 
@@ -59,6 +64,7 @@ class Supervisor:
             self.model_id, context, self.writer, spec=lambda: self._spec, post=self.post
         )
         self.oom = self.engine.oom
+        self.adapter_steps = AdapterSteps(self.model_id, context)
         self.closed = False
 
     # -- what others may read and send ------------------------------------------------------
@@ -89,6 +95,15 @@ class Supervisor:
         self.post(UpdateSpec(spec=spec, source=source, running_policy=running_policy, reply=reply))
         return await reply
 
+    async def change_adapter(self, name: str, path: str | None, *, source: str) -> CommandResult:
+        reply: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
+        self.post(AdapterChange(name=name, path=path, source=source, reply=reply))
+        return await reply
+
+    async def adapters(self) -> list[AdapterView]:
+        """Each adapter of the spec, and whether the running engine serves it (a read)."""
+        return await self.adapter_steps.views(self._spec, self.engine.run, self.writer.state)
+
     async def wait_for(self, test: StatusTest, *, timeout_s: float) -> bool:
         return await self.writer.wait_for(test, timeout_s=timeout_s)
 
@@ -104,11 +119,11 @@ class Supervisor:
                     await self.ctx.registry.flush()
                 except Exception as error:  # one bad message must not kill the model's loop
                     logger.exception("supervisor %s failed on %r", self.model_id, message)
-                    reply = message.reply if isinstance(message, Command | UpdateSpec) else None
+                    reply = message.reply if isinstance(message, _ANSWERED) else None
                     if reply is not None and not reply.done():
                         reply.set_exception(error)
                     continue
-                if isinstance(message, Command | UpdateSpec):
+                if isinstance(message, _ANSWERED):
                     _reply(message, CommandResult(changed=False))  # no-op if answered
         finally:
             self.ctx.log_watcher.unsubscribe(self.ctx.log_path(self.model_id).name)
@@ -119,7 +134,7 @@ class Supervisor:
         """Commands that arrived after a delete: the model is gone, say so instead of hanging."""
         while not self.inbox.empty():
             message = self.inbox.get_nowait()
-            reply = message.reply if isinstance(message, Command | UpdateSpec) else None
+            reply = message.reply if isinstance(message, _ANSWERED) else None
             if reply is not None and not reply.done():
                 reply.set_exception(LookupError(self.model_id))
 
@@ -132,8 +147,11 @@ class Supervisor:
                 await self._on_command(message)
             case UpdateSpec():
                 await self._on_update(message)
+            case AdapterChange():
+                await self._on_adapter(message)
             case Adopt():
                 await adopt(self.engine)
+                await self._reconcile_adapters()
             case _:
                 await self._observe(message)
 
@@ -144,6 +162,7 @@ class Supervisor:
                 await engine.read_log()
             case EngineReady(generation=gen) if engine.is_current(gen):
                 engine.on_ready()
+                await self._reconcile_adapters()
             case EngineExited(generation=gen, code=code) if engine.is_current(gen):
                 await engine.on_exit(code)
             case StartTimedOut(generation=gen) if engine.is_current(gen) and engine.run:
@@ -205,9 +224,14 @@ class Supervisor:
         _reply(command, CommandResult(changed=True))
 
     async def _on_update(self, update: UpdateSpec) -> None:
-        engine_up = self.engine.run is not None or self.writer.state not in AT_REST_STATES
+        run = self.engine.run
+        engine_up = run is not None or self.writer.state not in AT_REST_STATES
         change = judge_spec_change(
-            self._spec, update.spec, engine_up=engine_up, running_policy=update.running_policy
+            self._spec,
+            update.spec,
+            engine_up=engine_up,
+            running_policy=update.running_policy,
+            live_adapters=run is not None and run.lora is not None,
         )
         if change.error is not None or not change.fields:
             _reply(update, CommandResult(changed=False, error=change.error))
@@ -216,10 +240,33 @@ class Supervisor:
         self._spec, self._spec_data = update.spec, None
         if "start_timeout_s" in change.fields:
             self.engine.apply_start_timeout()
+        if change.live_adapters:
+            await self._reconcile_adapters()  # loads and unloads on the running engine
         if change.restart_needed:
             fields = ", ".join(sorted(change.fields))
             self.writer.flag_restart_needed(f"spec changed by {update.source}: {fields}")
         _reply(update, CommandResult(changed=True, restart_needed=change.restart_needed))
+
+    async def _on_adapter(self, change: AdapterChange) -> None:
+        steps, run, state = self.adapter_steps, self.engine.run, self.writer.state
+        if change.path is None:
+            outcome = await steps.remove(self._spec, run, state, change.name)
+        else:
+            outcome = await steps.add(self._spec, run, state, change.name, change.path)
+        if outcome.spec is not None:
+            await self.ctx.registry.update(outcome.spec, source=change.source)
+            self._spec, self._spec_data = outcome.spec, None
+        _reply(change, outcome.result)
+
+    async def _reconcile_adapters(self) -> None:
+        """The running engine serves exactly the spec's adapters (after a start, an adoption,
+        an edit); one it cannot take flags restart_needed with the reason."""
+        run = self.engine.run
+        if run is None or self.writer.state != ModelState.RUNNING:
+            return
+        problems = await self.adapter_steps.reconcile(self._spec, run)
+        if problems:
+            self.writer.flag_restart_needed("adapters not loaded: " + "; ".join(problems))
 
     async def _start(self, reason: str, *, force: bool, fail: bool = False) -> CommandResult:
         # An operator's start clears degraded and the restart budget.
