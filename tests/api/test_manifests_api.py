@@ -319,3 +319,43 @@ async def test_manifests_routes_require_the_token(
         allowed = await client.request(method, url, headers={"Authorization": "Bearer secret"})
     assert refused.status_code == 401
     assert allowed.status_code == 200
+
+
+async def test_manifests_reload_gaining_and_losing_an_agent_changes_adapters_live(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    """AGENT_MODEL_MAP.json gains an agent's adapter, then loses one: the running engine loads
+    and unloads them (same pid) and nothing needs a restart."""
+    setup = Setup(tmp_path)
+    settings = setup.settings(make_settings)
+    try:
+        async with running_app(settings) as (_app, client):
+            await client.post(f"/models/{MODEL_ID}/start")
+            running = await wait_state(client, MODEL_ID, "running")
+            setup.store.add_adapter("planner/adapters/planner_v1")
+            agent_map = json.loads(setup.map_file.read_text(encoding="utf-8"))
+            agent_map["agents"]["planner"] = [
+                {
+                    "base_ref": "mistral",
+                    "adapter_name": "planner_v1",
+                    "adapter_model_store_path": "planner/adapters/planner_v1",
+                }
+            ]
+            del agent_map["agents"]["critic"]
+            setup.map_file.write_text(json.dumps(agent_map), encoding="utf-8")
+            report = await _json(client, "POST", "/manifests/reload")
+            after = await _json(client, "GET", f"/models/{MODEL_ID}")
+            served = httpx.get(f"{running['base_url']}/v1/models", timeout=5).json()
+            await client.post(f"/models/{MODEL_ID}/stop?wait=true")
+    finally:
+        kill_engines_of(settings.state_dir)
+
+    assert report["manifests"][0]["action"] == "updated"
+    assert after["status"]["restart_needed"] is False
+    assert after["status"]["pid"] == running["pid"]
+    assert {card["id"] for card in served["data"]} == {
+        MODEL_ID,
+        "synth_v1",
+        "scout_vllm_v1",
+        "planner_v1",
+    }
