@@ -31,8 +31,11 @@ logger = logging.getLogger(__name__)
 # A line longer than this is handed on in pieces of this size: a runaway engine must not make us
 # buffer without bound, and no byte is dropped (the classifier judges adjacent pieces together).
 MAX_LINE_BYTES = 64 * 1024
-# One read: what a caller holds in memory at once, whatever the backlog.
-MAX_READ_BYTES = 1024 * 1024
+# One read: what a caller holds in memory at once, whatever the backlog. Small on purpose: a
+# worker thread classifying a backlog hands the event loop a free turn after each chunk (a few
+# ms of work), which kept /healthz under ~70 ms on a loaded 2-core machine where 1 MiB chunks
+# let it reach ~150 ms (tests/lifecycle/test_log_backlog.py).
+MAX_READ_BYTES = 64 * 1024
 # Bytes remembered before the offset, to notice a file truncated and refilled past it.
 _SEEN_TAIL_BYTES = 64
 # Separators logrotate puts between a log's name and its rotation suffix (`.1`, `-20250710`).
