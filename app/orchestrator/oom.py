@@ -181,11 +181,6 @@ class LogScanner:
         self._previous_tail = ""
         self._kv_allocation_lines = 0  # lines left in which a host OOM is the KV cache's
 
-    def reset(self) -> None:
-        """Forget the previous line (the next one starts another file)."""
-        self._previous_tail = ""
-        self._kv_allocation_lines = 0
-
     def feed(self, line: str) -> OomMatch | None:
         match = self._feed(line)
         if "kv_cache" in line and _KV_ALLOCATION_FRAME.search(line):
