@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Coroutine
 from typing import Any
 
 from pydantic import ValidationError
@@ -75,6 +75,9 @@ class Orchestrator:
         # Spec changes of all models, one at a time: one id is inserted once, and a name the
         # gateway routes by is checked against every other spec and taken in one step.
         self._changing = asyncio.Lock()
+        # Set once every recorded model has been adopted: until then a status may still be the
+        # one recorded before the restart, and /readyz says so.
+        self.adopted = asyncio.Event()
         # Requests in flight and the last one's time, per model (the gateway writes them).
         self.activity = ActivityBoard()
         # Adapters being added right now, by name: the gateway waits for them to load.
@@ -92,10 +95,18 @@ class Orchestrator:
         specs = await asyncio.to_thread(registry.specs)
         statuses = await asyncio.to_thread(registry.statuses)
         await self.ctx.allocator.refresh()
+        adoptions: list[Coroutine[Any, Any, Any]] = []
         for spec in specs:
-            self._spawn(spec, statuses[spec.id]).post(Adopt())
+            done = asyncio.Event()
+            self._spawn(spec, statuses[spec.id]).post(Adopt(done=done))
+            adoptions.append(done.wait())
+        self._background.append(asyncio.create_task(self._mark_adopted(adoptions)))
         for make_task in extra_tasks:
             self._background.append(make_task())
+
+    async def _mark_adopted(self, adoptions: list[Coroutine[Any, Any, Any]]) -> None:
+        await asyncio.gather(*adoptions)
+        self.adopted.set()
 
     async def shutdown(self) -> None:
         """Leave engines running (upgrades without downtime) unless the setting says stop."""

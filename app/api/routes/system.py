@@ -21,7 +21,8 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", response_model=None)
 async def readyz(services: ServicesDep) -> JSONResponse | dict[str, str]:
-    """The store is reachable and its schema is at the newest migration."""
+    """The store is reachable, its schema is at the newest migration, and every recorded model
+    has been re-adopted (until then a status may still be the one recorded before a restart)."""
     try:
         ready = await asyncio.to_thread(at_head, services.registry.engine)
     except Exception as error:
@@ -29,5 +30,8 @@ async def readyz(services: ServicesDep) -> JSONResponse | dict[str, str]:
         return JSONResponse(status_code=503, content=body)
     if not ready:
         body = {"status": "unavailable", "reason": "migrations are not at head"}
+        return JSONResponse(status_code=503, content=body)
+    if not services.orchestrator.adopted.is_set():
+        body = {"status": "unavailable", "reason": "re-adopting the recorded engines"}
         return JSONResponse(status_code=503, content=body)
     return {"status": "ready"}

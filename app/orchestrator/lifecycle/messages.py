@@ -56,7 +56,10 @@ class AdapterChange:
 
 @dataclass(frozen=True)
 class Adopt:
-    """Sent once at start-up: look at what the store recorded and pick it up."""
+    """Sent once at start-up: look at what the store recorded and pick it up. `done` is set once
+    the supervisor has (the service is ready when every model's is)."""
+
+    done: asyncio.Event | None = None
 
 
 @dataclass(frozen=True)

@@ -149,9 +149,13 @@ class Supervisor:
                 await self._on_update(message)
             case AdapterChange():
                 await self._on_adapter(message)
-            case Adopt():
-                await adopt(self.engine)
-                await self._reconcile_adapters()
+            case Adopt(done=done):
+                try:
+                    await adopt(self.engine)
+                    await self._reconcile_adapters()
+                finally:
+                    if done is not None:
+                        done.set()
             case _:
                 await self._observe(message)
 
