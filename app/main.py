@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from app.api.body_limit import BodyLimitMiddleware
@@ -110,7 +110,9 @@ def create_app(
 
 
 def _install_metrics(app: FastAPI, settings: Settings) -> None:
-    instrumentator = Instrumentator(excluded_handlers=_UNMEASURED)
+    # A registry per app: on the process-wide default one, a second app in the same process
+    # (tests, an embedding program) would find the HTTP metrics taken and record nothing.
+    instrumentator = Instrumentator(excluded_handlers=_UNMEASURED, registry=CollectorRegistry())
     app.state.instrumentator = instrumentator
     instrumentator.instrument(app)
     metrics_dependencies = [] if settings.metrics_public else [Depends(require_token)]

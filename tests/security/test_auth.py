@@ -40,6 +40,11 @@ EXPECTED_PROTECTED = {
     ("get", "/models/{model_id}/events"),
     ("get", "/gpus"),
     ("get", "/metrics"),
+    ("get", "/models/{model_id}/adapters"),
+    ("post", "/models/{model_id}/adapters"),
+    ("delete", "/models/{model_id}/adapters/{name}"),
+    ("get", "/v1/models"),
+    ("post", "/v1/{path}"),
 }
 
 
@@ -55,18 +60,27 @@ async def operations(client: httpx.AsyncClient) -> list[tuple[str, str]]:
 
 
 def request_for(method: str, path: str) -> tuple[str, str, dict[str, Any] | None]:
-    url = path.replace("{model_id}", "tiny")
+    url = path.replace("{model_id}", "tiny").replace("{name}", "an_adapter")
+    url = url.replace("{path}", "chat/completions")
     body = None
     if method in ("put", "patch"):
         body = {"model": "/models/other"}
     elif method == "post" and path == "/models":
         body = {**SPEC, "id": "intruder"}
+    elif method == "post" and path.startswith("/v1/"):
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
+    elif method == "post" and path.endswith("/adapters"):
+        body = {"name": "an_adapter", "path": "/adapters/a"}
     return method.upper(), url, body
 
 
 def assert_challenged(response: httpx.Response) -> None:
     assert response.status_code == 401, (response.request.url, response.text)
     assert response.headers.get("www-authenticate") == "Bearer"
+    if response.request.url.path.startswith("/v1/"):
+        # The gateway answers in OpenAI's shape, so OpenAI SDKs raise AuthenticationError.
+        assert response.json()["error"]["code"] == "invalid_api_key"
+        return
     assert response.json()["detail"]["code"] == "unauthorized"
 
 

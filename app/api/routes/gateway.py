@@ -14,13 +14,51 @@ from typing import Any
 import httpx
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict
 
 from app.api.deps import ServicesDep, require_inference_token
 from app.api.relay import RelayResponse
 from app.orchestrator.gateway import GatewayError, adapter_names
 from app.orchestrator.gateway.errors import bad_request
 
-router = APIRouter(prefix="/v1", tags=["gateway"], dependencies=[Depends(require_inference_token)])
+
+class OpenAIErrorBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorPublic(BaseModel):
+    """OpenAI's error shape, which OpenAI SDKs raise as their exceptions."""
+
+    error: OpenAIErrorBody
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": OpenAIErrorPublic, "description": description}
+    for status, description in {
+        400: "The body is not a JSON object with a `model`.",
+        401: "A token is configured and the request has none of them.",
+        404: "No model or adapter has that name.",
+        502: "The engine did not answer.",
+        503: "The model cannot serve now (queue full, degraded, failed, refused): see `code`.",
+        504: "The engine was not ready within the model's start timeout.",
+    }.items()
+}
+
+_FORWARD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The engine's answer, unchanged (streamed with `stream`)."},
+    **{code: spec for code, spec in _ERRORS.items() if code != 401},
+}
+
+router = APIRouter(
+    prefix="/v1",
+    tags=["gateway"],
+    dependencies=[Depends(require_inference_token)],
+    responses={401: _ERRORS[401]},
+)
 
 # Request headers an engine may use; the rest (the caller's token above all) stay here.
 _FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "user-agent", "x-request-id")
@@ -66,7 +104,11 @@ async def list_models(services: ServicesDep) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
-@router.post("/{path:path}", response_model=None)
+@router.post(
+    "/{path:path}",
+    response_model=None,
+    responses=_FORWARD_RESPONSES,
+)
 async def forward(path: str, request: Request, services: ServicesDep) -> Response:
     """Any OpenAI call that carries a JSON `model`: chat/completions, completions, embeddings..."""
     body = await request.body()
