@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -18,8 +21,13 @@ import psutil
 import pytest
 
 from app.orchestrator.launchers.process import group_members
-from tests.fakes import wait_until
-from tests.lifecycle.orchestrator_process import orchestrator_process
+from tests.fakes import free_port, wait_until
+from tests.lifecycle.orchestrator_process import (
+    SERVE,
+    OrchestratorProcess,
+    orchestrator_env,
+    orchestrator_process,
+)
 
 BACKLOG_BYTES = 500 * 1024 * 1024
 HEALTHZ_LIMIT_S = 0.100
@@ -68,6 +76,43 @@ def _append_backlog(log: Path) -> None:
         handle.write(OOM_TRACE.encode())
 
 
+@contextmanager
+def _live_orchestrator(state_dir: Path) -> Iterator[OrchestratorProcess]:
+    """The orchestrator as a process, handed over as soon as /healthz answers: /readyz waits for
+    the re-adoption, and the re-adoption (the catch-up) is what this test watches."""
+    port = free_port()
+    output = (state_dir / f"orchestrator-{port}.log").open("ab")
+    process = subprocess.Popen(
+        [*SERVE, "--port", str(port), "--log-level", "warning"],
+        env=orchestrator_env(state_dir),
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    running = OrchestratorProcess(process, port)
+
+    def live() -> bool:
+        try:
+            return running.client.get("/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(live, 30, what="orchestrator answers /healthz")
+        yield running
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        running.client.close()
+        output.close()
+
+
+def _ready(orchestrator: OrchestratorProcess) -> bool:
+    return orchestrator.client.get("/readyz").status_code == 200
+
+
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:
     path = tmp_path / "state"
@@ -89,7 +134,7 @@ def test_log_backlog_catch_up_keeps_healthz_fast_and_memory_flat(state_dir: Path
         os.killpg(recorded["pid"], signal.SIGKILL)
         wait_until(lambda: not group_members(recorded["pid"]), 10, what="engine gone")
 
-        with orchestrator_process(state_dir) as second:
+        with _live_orchestrator(state_dir) as second:
             service = psutil.Process(second.process.pid)
             baseline_rss = service.memory_info().rss
             peak_rss = baseline_rss
@@ -111,6 +156,7 @@ def test_log_backlog_catch_up_keeps_healthz_fast_and_memory_flat(state_dir: Path
                         during_catch_up += 1
                     time.sleep(0.01)  # the probe's pace, not a wait for the result
             assert status.get("ooms_total") == 1, f"OOM not found in time; last status {status}"
+            wait_until(lambda: _ready(second), 60, what="ready once re-adopted")
             events = second.client.get("/models/tiny/events", params={"limit": 1000}).json()
     finally:
         log.unlink(missing_ok=True)
