@@ -1,6 +1,6 @@
-"""The runbook half of the CLI: `models ...`, `gpus`, `agents` and `events` talk to a running
-service over HTTP. Errors are one line on stderr (the API's code and message), never a traceback,
-and the exit code says what happened (see EXIT_CODES_HELP)."""
+"""The runbook half of the CLI: `models ...`, `adapters ...`, `gpus`, `agents` and `events` talk
+to a running service over HTTP. Errors are one line on stderr (the API's code and message),
+never a traceback, and the exit code says what happened (see EXIT_CODES_HELP)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import httpx
 import yaml
@@ -319,6 +320,29 @@ def _models_can_start(args: argparse.Namespace, client: ApiClient, _clock: WaitC
     return EXIT_OK if answer.get("ok") else EXIT_FAILURE
 
 
+def _adapters_add(args: argparse.Namespace, client: ApiClient, _clock: WaitClock) -> int:
+    path = f"/models/{args.id}/adapters"
+    response = client.request("POST", path, body={"name": args.name, "path": args.path})
+    try:
+        adapters = response.json()
+    except ValueError:
+        raise CliFailure(f"POST {path} answered {response.status_code} without JSON") from None
+    created = response.status_code == 201
+    emit(
+        args,
+        adapters,
+        client_format.adapter_added_line(args.id, args.name, adapters, created=created),
+    )
+    return EXIT_OK
+
+
+def _adapters_remove(args: argparse.Namespace, client: ApiClient, _clock: WaitClock) -> int:
+    client.request("DELETE", f"/models/{args.id}/adapters/{quote(args.name, safe='')}")
+    document = {"id": args.id, "adapter": args.name, "removed": True}
+    emit(args, document, f"{args.id}: removed adapter {args.name}")
+    return EXIT_OK
+
+
 def _agents(args: argparse.Namespace, client: ApiClient, _clock: WaitClock) -> int:
     response = client.request("GET", "/agents", passthrough=(404,))
     # FastAPI's own 404 for an unknown path; a 404 the route itself raises has a code.
@@ -408,8 +432,8 @@ def _wait_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_client_commands(commands: Any, clock: WaitClock | None = None) -> None:
-    """Registers `models ...`, `gpus`, `agents` and `events` on the `gpu-orchestrator` subparsers;
-    `clock` paces `--wait` polling (the system clock when None)."""
+    """Registers `models ...`, `adapters ...`, `gpus`, `agents` and `events` on the
+    `gpu-orchestrator` subparsers; `clock` paces `--wait` polling (the system clock when None)."""
     wait_clock: WaitClock = clock if clock is not None else SystemWaitClock()
     common = _common_options()
     formatting: dict[str, Any] = {
@@ -464,6 +488,29 @@ def add_client_commands(commands: Any, clock: WaitClock | None = None) -> None:
     can_start = leaf(models, "can-start", _models_can_start, "headroom dry run of a start")
     can_start.add_argument("id")
     can_start.add_argument("--force", action="store_true", help="ignore the low-memory alert")
+    adapters_parser = commands.add_parser(
+        "adapters",
+        help="list, add and remove a model's LoRA adapters (live on a running engine)",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    adapters = adapters_parser.add_subparsers(dest="adapters_command", required=True)
+    list_adapters = _get("/models/{id}/adapters", client_format.adapters_table)
+    list_help = "a model's adapters: rank, loaded on the running engine, since when"
+    leaf(adapters, "list", list_adapters, list_help).add_argument("id", metavar="MODEL")
+    add_help = "add an adapter: loaded live on a running engine (same pid), kept in the spec"
+    add_adapter = leaf(adapters, "add", _adapters_add, add_help)
+    add_adapter.add_argument("id", metavar="MODEL")
+    add_adapter.add_argument("name", metavar="NAME", help="the name agents send as `model`")
+    add_adapter.add_argument(
+        "path",
+        metavar="PATH",
+        help="the adapter's directory as the service sees it (absolute, or in MODEL_STORE_ROOT)",
+    )
+    remove_help = "remove an adapter: unloaded live from a running engine, dropped from the spec"
+    remove_adapter = leaf(adapters, "remove", _adapters_remove, remove_help)
+    remove_adapter.add_argument("id", metavar="MODEL")
+    remove_adapter.add_argument("name", metavar="NAME")
     gpus = _get("/gpus", client_format.gpus_report)
     leaf(commands, "gpus", gpus, "per-GPU memory, reservations, models and alerts")
     leaf(commands, "agents", _agents, "which agent's adapter sits on which model, and where")

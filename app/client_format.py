@@ -210,6 +210,37 @@ def can_start_report(document: Mapping[str, Any]) -> str:
     return render_key_values(pairs)
 
 
+def adapters_table(adapters: Sequence[Mapping[str, Any]]) -> str:
+    """GET /models/{id}/adapters: LOADED says whether the running engine serves the adapter,
+    SINCE since when (`-` when the model is not running)."""
+    headers = ("NAME", "PATH", "RANK", "LOADED", "SINCE")
+    rows = [
+        (
+            adapter.get("name"),
+            adapter.get("path"),
+            adapter.get("rank"),
+            adapter.get("loaded"),
+            adapter.get("since"),
+        )
+        for adapter in adapters
+    ]
+    return render_table(headers, rows)
+
+
+def adapter_added_line(
+    model_id: str, name: str, adapters: Sequence[Mapping[str, Any]], *, created: bool
+) -> str:
+    """What POST /models/{id}/adapters did: 201 added (live when the running engine serves it
+    now; else in the spec, which every launch applies), 200 already there."""
+    entry = next((adapter for adapter in adapters if adapter.get("name") == name), {})
+    path = entry.get("path") or MISSING
+    if not created:
+        return f"{model_id}: adapter {name} ({path}) already there"
+    if entry.get("loaded"):
+        return f"{model_id}: added adapter {name} ({path}), loaded on the running engine"
+    return f"{model_id}: added adapter {name} ({path}) to the spec; loaded once the engine runs"
+
+
 def status_line(model_id: str, status: dict[str, Any]) -> str:
     state = status.get("state")
     if state == "running":
