@@ -28,6 +28,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import sys
 import threading
 import time
@@ -334,9 +335,9 @@ class EngineHandler(BaseHTTPRequestHandler):
     server: EngineServer
 
     def setup(self) -> None:
-        # StreamRequestHandler sets TCP_NODELAY in setup() when this is true.
-        self.disable_nagle_algorithm = bool(self.server.engine.options.tcp_nodelay)
         super().setup()
+        if self.server.engine.options.tcp_nodelay:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
 
     def log_message(self, format: str, *args: Any) -> None:
         # uvicorn's access line: `INFO:     127.0.0.1:40000 - "GET /health HTTP/1.1" 200`
