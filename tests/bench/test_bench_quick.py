@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = {"readiness", "real_engine", "detection", "api_cost", "scale"}
-QUICK_TIMEOUT_S = 600  # a bound on a hung run, not a speed check: the quick mode takes ~1-2 min
+SECTIONS = {"readiness", "real_engine", "detection", "api_cost", "scale", "gateway"}
+QUICK_TIMEOUT_S = 600  # a bound on a hung run, not a speed check: the quick mode takes ~2 min
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +83,40 @@ def test_bench_quick_measures_each_figure_beside_its_baseline(
         assert section["status"] == "ok"
         assert isinstance(section["goal_met"], bool)
         assert section["rows"]
+
+
+GATEWAY_WORKLOADS = ("latency_c1", "ttfc_c1", "rps_c32", "stream_c64")
+GATEWAY_COMPARISONS = ("added_latency_ms", "added_ttfc_ms", "rps_ratio", "stream_ratio")
+
+
+def test_bench_quick_measures_the_gateway_beside_direct(
+    quick_results: tuple[int, str, dict[str, Any]],
+) -> None:
+    gateway = quick_results[2]["sections"]["gateway"]
+    assert gateway["status"] == "ok"
+    figures = gateway["figures"]
+    for workload in GATEWAY_WORKLOADS:
+        for side in ("direct", "ours"):
+            assert figures["workloads"][workload][side]["requests"] > 0, (workload, side)
+    for comparison in GATEWAY_COMPARISONS:
+        assert isinstance(figures["compared"][comparison]["ours"], float), comparison
+    cold = figures["cold_start"]
+    assert cold["gateway"]["total"]["n"] == cold["engine"]["total"]["n"] == cold["trials"] >= 1
+    assert cold["added_median_ms"] == cold["added_median_ms"]  # a number, not NaN
+    metrics = [row["metric"] for row in gateway["rows"]]
+    assert "cold start through the gateway, added (ms)" in metrics
+
+
+@pytest.mark.parametrize("proxy", ["litellm", "vllm-router"])
+def test_bench_quick_measures_a_built_proxy_beside_the_gateway(
+    quick_results: tuple[int, str, dict[str, Any]], proxy: str
+) -> None:
+    """The quick mode never builds a proxy's venv (minutes): without one the side is skipped."""
+    figures = quick_results[2]["sections"]["gateway"]["figures"]
+    reason = figures["unavailable"].get(proxy)
+    if reason is not None:
+        pytest.skip(f"{proxy} not measured: {reason}")
+    for workload in GATEWAY_WORKLOADS:
+        found = figures["workloads"][workload][proxy]
+        # A third-party proxy that fails under load is reported, not a failure of this suite.
+        assert "error" in found or found["requests"] > 0, (workload, found)
