@@ -19,7 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import api_cost, detection, gateway, readiness, real_engine, scale
+from bench import adapters, api_cost, detection, gateway, readiness, real_engine, scale
 from bench.harness import sweep_engines
 from bench.report import SectionResult, machine_info, render_markdown, render_table, write_json
 
@@ -31,6 +31,7 @@ SECTIONS: dict[str, tuple[str, Runner]] = {
     api_cost.NAME: (api_cost.TITLE, api_cost.run),
     scale.NAME: (scale.TITLE, scale.run),
     gateway.NAME: (gateway.TITLE, gateway.run),
+    adapters.NAME: (adapters.TITLE, adapters.run),
 }
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
 
