@@ -79,7 +79,7 @@ class Orchestrator:
         # one recorded before the restart, and /readyz says so.
         self.adopted = asyncio.Event()
         # Requests in flight and the last one's time, per model (the gateway writes them).
-        self.activity = ActivityBoard()
+        self.activity: ActivityBoard = ctx.activity
         # Adapters being added right now, by name: the gateway waits for them to load.
         self.loading_adapters: dict[str, asyncio.Event] = {}
         # Bumped by every spec change, so readers (the gateway's routes) rebuild only then.
@@ -127,6 +127,7 @@ class Orchestrator:
         await self.ctx.registry.flush()
         await self.ctx.health.aclose()
         await self.ctx.adapters.aclose()
+        await self.ctx.sleep.aclose()
 
     def _spawn(self, spec: ModelSpec, status: StatusRow) -> Supervisor:
         supervisor = Supervisor(spec, status, self.ctx)
@@ -273,10 +274,10 @@ class Orchestrator:
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def command(
-        self, model_id: str, kind: CommandKind, *, force: bool = False
+        self, model_id: str, kind: CommandKind, *, force: bool = False, wait: bool = False
     ) -> CommandResult:
         try:
-            return await self._supervisor(model_id).command(kind, force=force)
+            return await self._supervisor(model_id).command(kind, force=force, wait=wait)
         except LookupError:
             raise ModelNotFoundError(model_id) from None
 

@@ -225,8 +225,15 @@ class Registry:
         rows = self._run(lambda session: repository.list_statuses(session=session))
         return {row.model_id: row for row in rows}
 
-    def save_status(self, status: StatusRow, *, event: dict[str, Any] | None = None) -> None:
-        """Queue the status and, in the same transaction, the event that explains it."""
+    def save_status(
+        self,
+        status: StatusRow,
+        *,
+        event: dict[str, Any] | None = None,
+        on_commit: Callable[[StatusRow], None] | None = None,
+    ) -> None:
+        """Queue the status and, in the same transaction, the event that explains it.
+        `on_commit(snapshot)` runs on the event loop once that is committed."""
         snapshot = _copy_status(status)
         at = self.clock.now()
 
@@ -239,7 +246,25 @@ class Registry:
                     )
                 )
 
-        self._submit(work)
+        future = self._submit(work)
+        if on_commit is not None:
+            self._after(future, lambda: on_commit(snapshot))
+
+    def _after(self, future: Future[Any], callback: Callable[[], None]) -> None:
+        """Run `callback` on the loop once `future` has succeeded (at once without a loop)."""
+        loop = self._loop
+
+        def done(finished: Future[Any]) -> None:
+            if finished.cancelled() or finished.exception() is not None:
+                return
+            if loop is None or loop.is_closed():
+                callback()
+            else:
+                loop.call_soon_threadsafe(callback)
+
+        if self._running_loop() is None:
+            loop = None
+        future.add_done_callback(done)
 
     def append_event(self, model_id: str | None, kind: str, **fields: Any) -> None:
         """Queue an event of its own (an alert, a manifest reload)."""

@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 FAILURE_KINDS = ("gpu_oom", "kv_cache_insufficient", "host_oom", "exit")
-_ENV_NAMES = ("VLLM_ADAPTER_PATHS", "CUDA_VISIBLE_DEVICES")
-_ENV_PREFIXES = ("FAKE_", "GPU_ORCH_")
+_ENV_NAMES = ("VLLM_ADAPTER_PATHS", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
+_ENV_PREFIXES = ("FAKE_", "GPU_ORCH_", "VLLM_ALLOW_", "VLLM_SERVER_")
 _CORE = "/usr/local/lib/python3.12/dist-packages/vllm/v1/engine/core.py"
 
 _GPU_OOM_TRACE = f"""\

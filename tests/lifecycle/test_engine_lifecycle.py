@@ -122,8 +122,10 @@ async def test_lifecycle_engine_receives_adapters_and_lora_flags(
         argv = state["argv"]
         lora = argv[argv.index("--lora-modules") + 1 : argv.index("--lora-modules") + 3]
         assert lora == [f"synth={adapters[0]}", f"rerank_v1={adapters[1]}"]
-        assert argv[argv.index("--max-lora-rank") + 1] == "16"
-        assert argv[argv.index("--max-loras") + 1] == "2"
+        # Fitted to the declared adapters (r 8 and 16), with room for more added at runtime.
+        assert argv[argv.index("--max-lora-rank") + 1] == "64"
+        assert argv[argv.index("--max-loras") + 1] == "4"
+        assert state["env"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
         assert "--enable-lora" in argv
         assert argv[argv.index("--port") + 1] == str(status["port"])
         assert argv[argv.index("--served-model-name") + 1] == "tiny"

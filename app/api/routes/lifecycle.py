@@ -32,7 +32,6 @@ Wait = Annotated[
     ),
 ]
 # The end states a waiting stop or restart returns in.
-_STOP_END = (ModelState.STOPPED, ModelState.FAILED, ModelState.DEGRADED)
 _START_END = (ModelState.RUNNING, ModelState.FAILED, ModelState.DEGRADED, ModelState.STOPPED)
 
 _ACCEPTED: dict[int | str, dict[str, Any]] = {
@@ -50,25 +49,24 @@ async def _command(
     settings: SettingsDep,
     response: Response,
     force: bool = False,
-    wait_for: tuple[ModelState, ...] = (),
+    wait: bool = False,
 ) -> StatusPublic:
     try:
-        result = await orchestrator.command(model_id, kind, force=force)
+        result = await orchestrator.command(model_id, kind, force=force, wait=wait)
     except LookupError:
         raise ModelNotFoundError(model_id) from None
     if result.error is not None:
         raise from_command_error(result.error)
     response.status_code = 202 if result.changed else 200
-    if wait_for and result.changed:
+    status = result.status or orchestrator.status(model_id)
+    if wait and result.changed and kind is CommandKind.RESTART:
+        # The stop has been waited for and the start launched: wait for how the start ends.
         spec = orchestrator.spec(model_id)
-        timeout_s = settings.stop_grace_s + 15.0
-        if kind is CommandKind.RESTART:
-            timeout_s += spec.start_timeout_s or settings.start_timeout_s
-        await orchestrator.wait_for_state(model_id, wait_for, timeout_s=timeout_s)
+        timeout_s = spec.start_timeout_s or settings.start_timeout_s
+        await orchestrator.wait_for_state(model_id, _START_END, timeout_s=timeout_s)
+        status = orchestrator.status(model_id)
     return status_public(
-        orchestrator.status(model_id),
-        engine_host=settings.engine_host,
-        activity=orchestrator.activity.peek(model_id),
+        status, engine_host=settings.engine_host, activity=orchestrator.activity.peek(model_id)
     )
 
 
@@ -95,10 +93,7 @@ async def stop_model(
     """202 at once with state `stopping` while the engine's whole process group is stopped
     (SIGTERM, SIGKILL after the grace period); with `wait=true` it answers once the engine is
     stopped. 200 when it was already stopped."""
-    end = _STOP_END if wait else ()
-    return await _command(
-        model_id, CommandKind.STOP, orchestrator, settings, response, wait_for=end
-    )
+    return await _command(model_id, CommandKind.STOP, orchestrator, settings, response, wait=wait)
 
 
 @router.post("/{model_id}/restart", response_model=StatusPublic, responses=_STARTS)
@@ -113,9 +108,8 @@ async def restart_model(
     """Stops the engine if it runs, then starts it; clears degraded and the restart budget.
     202 at once (state `stopping` when an engine ran); with `wait=true` it answers once the new
     engine runs (or the start failed: the status says why)."""
-    end = _START_END if wait else ()
     return await _command(
-        model_id, CommandKind.RESTART, orchestrator, settings, response, force, wait_for=end
+        model_id, CommandKind.RESTART, orchestrator, settings, response, force, wait=wait
     )
 
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.orchestrator.activity import ActivityBoard
 from app.orchestrator.adapter_control import AdapterControl, HttpAdapterControl
 from app.orchestrator.clock import Clock
 from app.orchestrator.gpu.headroom import GpuAllocator
@@ -18,6 +19,7 @@ from app.orchestrator.metrics import Metrics
 from app.orchestrator.ports import PortAllocator
 from app.orchestrator.registry import Registry
 from app.orchestrator.resolver import ModelResolver
+from app.orchestrator.sleep_control import HttpSleepControl, SleepControl
 from app.settings import Settings
 
 
@@ -36,6 +38,10 @@ class RunContext:
     resolver: ModelResolver
     parent_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     adapters: AdapterControl = field(default_factory=HttpAdapterControl)
+    sleep: SleepControl = field(default_factory=HttpSleepControl)
+    # Requests in flight and the last one's time, per model: the gateway writes them, idle
+    # unload and eviction read them.
+    activity: ActivityBoard = field(default_factory=ActivityBoard)
 
     def log_path(self, model_id: str) -> Path:
         return self.settings.resolved_log_dir / f"{model_id}.log"

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from app.store.tables import StatusRow
+
 
 class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
@@ -36,3 +38,5 @@ class CommandResult:
     error: CommandError | None = None
     # A spec change accepted while an engine runs that the engine reads only at launch.
     restart_needed: bool = False
+    # The committed status when the answer was given (what the caller is told it is).
+    status: StatusRow | None = None

@@ -29,6 +29,8 @@ class CommandKind(StrEnum):
 class Command:
     kind: CommandKind
     force: bool = False
+    # Answer once the command's work is done (a stop: the engine is gone), not as it begins.
+    wait: bool = False
     reply: asyncio.Future[CommandResult] | None = None
 
 

@@ -9,6 +9,8 @@
     failed --stop, leftovers of the engine to terminate--> stopping
     failed|degraded --stop, nothing left--> stopped
     failed|degraded --operator start--> starting
+    running --idle or evicted, with sleep_level--> sleeping --woken--> running
+    sleeping --exit--> failed;  sleeping --stop--> stopping
 
 Desired state (what the operator asked: running or stopped) is stored apart from these.
 Every pair in TRANSITIONS is produced by some code path; tests/lifecycle/test_transition_table.py
@@ -27,6 +29,8 @@ class ModelState(StrEnum):
     STOPPING = "stopping"
     FAILED = "failed"
     DEGRADED = "degraded"
+    # vLLM's sleep mode: the process lives, its GPU memory is released (idle unload, eviction).
+    SLEEPING = "sleeping"
 
 
 class DesiredState(StrEnum):
@@ -35,14 +39,17 @@ class DesiredState(StrEnum):
 
 
 # A process exists (or may) for a model in these states.
-ENGINE_STATES = frozenset({ModelState.STARTING, ModelState.RUNNING, ModelState.STOPPING})
+ENGINE_STATES = frozenset(
+    {ModelState.STARTING, ModelState.RUNNING, ModelState.STOPPING, ModelState.SLEEPING}
+)
 # No process exists in these (unless a stop failed: then the status still names it).
 AT_REST_STATES = frozenset({ModelState.STOPPED, ModelState.FAILED, ModelState.DEGRADED})
 
 TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {
     ModelState.STOPPED: frozenset({ModelState.STARTING, ModelState.FAILED}),
     ModelState.STARTING: frozenset({ModelState.RUNNING, ModelState.FAILED, ModelState.STOPPING}),
-    ModelState.RUNNING: frozenset({ModelState.FAILED, ModelState.STOPPING}),
+    ModelState.RUNNING: frozenset({ModelState.FAILED, ModelState.STOPPING, ModelState.SLEEPING}),
+    ModelState.SLEEPING: frozenset({ModelState.RUNNING, ModelState.FAILED, ModelState.STOPPING}),
     ModelState.STOPPING: frozenset({ModelState.STOPPED, ModelState.FAILED}),
     ModelState.FAILED: frozenset(
         {ModelState.STARTING, ModelState.DEGRADED, ModelState.STOPPED, ModelState.STOPPING}
@@ -58,6 +65,7 @@ STATUS_CODES: dict[ModelState, int] = {
     ModelState.DEGRADED: 3,
     ModelState.STOPPING: 4,
     ModelState.FAILED: 5,
+    ModelState.SLEEPING: 6,
 }
 
 

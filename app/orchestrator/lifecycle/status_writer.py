@@ -35,6 +35,9 @@ class StatusWriter:
         self.metrics = metrics
         self.clock = clock
         self.status: StatusRow = status
+        # What the store holds: reads and waits see only this, so what anyone was told (an
+        # answer, a status) survives the orchestrator's death a moment later.
+        self.committed: StatusRow = StatusRow(**status.model_dump())
         self._waiters: list[tuple[StatusTest, asyncio.Future[None]]] = []
         metrics.vllm_status.labels(model=self.model_id).set(STATUS_CODES[ModelState(status.state)])
         # Counters start from the persisted totals: a scrape after a restart never goes back.
@@ -60,8 +63,8 @@ class StatusWriter:
 
     # -- waiting for a state (?wait=true) -------------------------------------------------
     async def wait_for(self, test: StatusTest, *, timeout_s: float) -> bool:
-        """Wait until `test(status)` holds; False when `timeout_s` passes first."""
-        if test(self.status):
+        """Wait until `test(status)` holds of the committed status; False at the timeout."""
+        if test(self.committed):
             return True
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (test, future)
@@ -75,17 +78,17 @@ class StatusWriter:
                 self._waiters.remove(entry)
         return True
 
-    def _wake_waiters(self) -> None:
+    def _on_commit(self, snapshot: StatusRow) -> None:
+        self.committed = snapshot
         for test, future in list(self._waiters):
-            if not future.done() and test(self.status):
+            if not future.done() and test(snapshot):
                 future.set_result(None)
 
     # -- changes ----------------------------------------------------------------------------
     def save(self, event: dict[str, Any] | None = None, **changes: Any) -> None:
         for name, value in changes.items():
             setattr(self.status, name, value)
-        self.registry.save_status(self.status, event=event)
-        self._wake_waiters()
+        self.registry.save_status(self.status, event=event, on_commit=self._on_commit)
 
     def to(
         self, target: ModelState, reason: str, *, data: dict[str, Any] | None = None, **changes: Any

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, assert_never
 
 from app.orchestrator.failures import FailureKind
@@ -45,11 +46,7 @@ logger = logging.getLogger(__name__)
 
 
 _ANSWERED = (Command, UpdateSpec, AdapterChange)
-
-
-def _reply(command: Command | UpdateSpec | AdapterChange, result: CommandResult) -> None:
-    if command.reply is not None and not command.reply.done():
-        command.reply.set_result(result)
+Answered = Command | UpdateSpec | AdapterChange
 
 
 class Supervisor:
@@ -65,6 +62,7 @@ class Supervisor:
         )
         self.oom = self.engine.oom
         self.adapter_steps = AdapterSteps(self.model_id, context)
+        self._answers: list[tuple[Answered, CommandResult]] = []
         self.closed = False
 
     # -- what others may read and send ------------------------------------------------------
@@ -79,15 +77,17 @@ class Supervisor:
         return self._spec_data
 
     def status(self) -> StatusRow:
-        """A snapshot: later changes do not show through it."""
-        return StatusRow(**self.writer.status.model_dump())
+        """The status as committed to the store: a snapshot, never changed afterwards."""
+        return self.writer.committed
 
     def post(self, message: Message) -> None:
         self.inbox.put_nowait(message)
 
-    async def command(self, kind: CommandKind, *, force: bool = False) -> CommandResult:
+    async def command(
+        self, kind: CommandKind, *, force: bool = False, wait: bool = False
+    ) -> CommandResult:
         reply: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
-        self.post(Command(kind=kind, force=force, reply=reply))
+        self.post(Command(kind=kind, force=force, wait=wait, reply=reply))
         return await reply
 
     async def update(self, spec: ModelSpec, *, source: str, running_policy: str) -> CommandResult:
@@ -115,16 +115,18 @@ class Supervisor:
                 message = await self.inbox.get()
                 try:
                     await self._handle(message)
-                    # Nothing is answered before it is on disk.
+                    # Nothing is answered before it is on disk: the answers wait for the writes.
                     await self.ctx.registry.flush()
                 except Exception as error:  # one bad message must not kill the model's loop
                     logger.exception("supervisor %s failed on %r", self.model_id, message)
+                    self._answers.clear()
                     reply = message.reply if isinstance(message, _ANSWERED) else None
                     if reply is not None and not reply.done():
                         reply.set_exception(error)
                     continue
                 if isinstance(message, _ANSWERED):
-                    _reply(message, CommandResult(changed=False))  # no-op if answered
+                    self._reply(message, CommandResult(changed=False))  # no-op if answered
+                self._send_answers()
         finally:
             self.ctx.log_watcher.unsubscribe(self.ctx.log_path(self.model_id).name)
             self.engine.cancel_tasks()
@@ -187,25 +189,32 @@ class Supervisor:
         match command.kind:
             case CommandKind.START:
                 if self.writer.desired == DesiredState.RUNNING and engine.run is not None:
-                    _reply(command, CommandResult(changed=False))  # starting or running
+                    self._reply(command, CommandResult(changed=False))  # starting or running
                     return
-                _reply(command, await self._start("operator start", force=command.force))
+                self._reply(command, await self._start("operator start", force=command.force))
             case CommandKind.RESTART:
                 if engine.run is None:
-                    _reply(command, await self._start("operator restart", force=command.force))
+                    self._reply(command, await self._start("operator restart", force=command.force))
                     return
                 # Answered at once (202, stopping); the start follows the stop, and a refusal
                 # then is a failure like any refused restart.
-                answer = _answer(command)
+                answer = self._answer(command)
                 await engine.stop("operator restart", DesiredState.RUNNING, answer)
+                started = CommandResult(changed=True)
                 if self.writer.state == ModelState.STOPPED:
-                    await self._start("operator restart", force=command.force, fail=True)
+                    started = await self._start("operator restart", force=command.force, fail=True)
+                self._reply(command, started)
             case CommandKind.STOP:
-                await engine.stop("operator stop", DesiredState.STOPPED, _answer(command))
+                status = self.writer.status
+                changed = status.desired_state != "stopped" or status.state != "stopped"
+                error = await engine.stop(
+                    "operator stop", DesiredState.STOPPED, self._answer(command)
+                )
+                self._reply(command, CommandResult(changed=changed, error=error))
             case CommandKind.SHUTDOWN:
                 if engine.run is not None:
                     await engine.stop("orchestrator shutdown", self.writer.desired)
-                    _reply(command, CommandResult(changed=True))
+                    self._reply(command, CommandResult(changed=True))
             case CommandKind.DELETE:
                 await self._delete(command)
             case _:
@@ -216,16 +225,16 @@ class Supervisor:
         if state not in AT_REST_STATES and not command.force:
             message = f"model {self.model_id} is {state.value}: stop it before you delete it"
             error = CommandError(ErrorCode.MODEL_RUNNING, message, {"state": state.value})
-            _reply(command, CommandResult(changed=False, error=error))
+            self._reply(command, CommandResult(changed=False, error=error))
             return
         stop_error = await self.engine.stop("model deleted", DesiredState.STOPPED)
         if stop_error is not None:
-            _reply(command, CommandResult(changed=False, error=stop_error))
+            self._reply(command, CommandResult(changed=False, error=stop_error))
             return  # the model stays as it is, with its supervisor
         await self.ctx.registry.delete(self.model_id)
         self.writer.forget_metrics()
         self.closed = True
-        _reply(command, CommandResult(changed=True))
+        self._reply(command, CommandResult(changed=True))
 
     async def _on_update(self, update: UpdateSpec) -> None:
         run = self.engine.run
@@ -238,7 +247,7 @@ class Supervisor:
             live_adapters=run is not None and run.lora is not None,
         )
         if change.error is not None or not change.fields:
-            _reply(update, CommandResult(changed=False, error=change.error))
+            self._reply(update, CommandResult(changed=False, error=change.error))
             return
         await self.ctx.registry.update(update.spec, source=update.source)
         self._spec, self._spec_data = update.spec, None
@@ -249,7 +258,7 @@ class Supervisor:
         if change.restart_needed:
             fields = ", ".join(sorted(change.fields))
             self.writer.flag_restart_needed(f"spec changed by {update.source}: {fields}")
-        _reply(update, CommandResult(changed=True, restart_needed=change.restart_needed))
+        self._reply(update, CommandResult(changed=True, restart_needed=change.restart_needed))
 
     async def _on_adapter(self, change: AdapterChange) -> None:
         steps, run, state = self.adapter_steps, self.engine.run, self.writer.state
@@ -260,7 +269,7 @@ class Supervisor:
         if outcome.spec is not None:
             await self.ctx.registry.update(outcome.spec, source=change.source)
             self._spec, self._spec_data = outcome.spec, None
-        _reply(change, outcome.result)
+        self._reply(change, outcome.result)
 
     async def _reconcile_adapters(self) -> None:
         """The running engine serves exactly the spec's adapters (after a start, an adoption,
@@ -291,11 +300,28 @@ class Supervisor:
         elif status.state == ModelState.FAILED and status.desired_state == DesiredState.RUNNING:
             self.engine.resume_backoff()
 
+    def _reply(self, command: Answered, result: CommandResult) -> None:
+        """Answer once the message's writes are committed (the first answer counts)."""
+        if not any(queued is command for queued, _result in self._answers):
+            self._answers.append((command, result))
+
+    def _send_answers(self) -> None:
+        for command, result in self._answers:
+            self._resolve(command, result)
+        self._answers.clear()
+
+    def _resolve(self, command: Answered, result: CommandResult) -> None:
+        if command.reply is not None and not command.reply.done():
+            command.reply.set_result(replace(result, status=self.writer.committed))
+
+    def _answer(self, command: Command) -> Callable[[CommandResult], None] | None:
+        """The early answer of a command that does not wait for its end (None if it waits);
+        the driver calls it once what it answers (stopping) is committed."""
+        if command.wait:
+            return None
+        return lambda result: self._resolve(command, result)
+
     async def close(self) -> None:
         self.closed = True
         self.engine.cancel_tasks()
         self.inbox.put_nowait(LogGrew())  # wakes the loop, which then sees `closed`
-
-
-def _answer(command: Command) -> Callable[[CommandResult], None]:
-    return lambda result: _reply(command, result)
