@@ -55,19 +55,25 @@ class Workload:
     stream: bool
     duration_s: float
     max_requests: int = 1_000_000
+    ramp: bool = False  # clients' starts spread over one stream's length
+
+    def tokens(self, quick: bool) -> int:
+        # Quick mode: 10-token streams, so the in-flight ones drain fast after the window.
+        return min(self.max_tokens, 10) if quick else self.max_tokens
 
     def body(self, quick: bool) -> dict[str, Any]:
-        # Quick mode: 10-token streams, so the in-flight ones drain fast after the window.
-        max_tokens = min(self.max_tokens, 10) if quick else self.max_tokens
-        body: dict[str, Any] = {"model": self.engine, "prompt": "hello", "max_tokens": max_tokens}
+        body = {"model": self.engine, "prompt": "hello", "max_tokens": self.tokens(quick)}
         return {**body, "stream": True} if self.stream else body
+
+    def ramp_s(self, quick: bool) -> float:
+        return self.tokens(quick) * TOKEN_INTERVAL_S if self.ramp else 0.0
 
 
 WORKLOADS = (
     Workload("latency_c1", INSTANT, 1, 16, False, 3.0, max_requests=3000),
     Workload("ttfc_c1", PACED, 1, 2, True, 3.0),
     Workload("rps_c32", INSTANT, 32, 16, False, 4.0),
-    Workload("stream_c64", PACED, 64, 50, True, 5.0),
+    Workload("stream_c64", PACED, 64, 50, True, 5.0, ramp=True),
 )
 
 
@@ -78,10 +84,11 @@ def load(url: str, workload: Workload, *, quick: bool, headers: Sequence[str]) -
     argv += ["--body", json.dumps(workload.body(quick))]
     argv += ["--concurrency", str(workload.concurrency), "--duration-s", str(duration_s)]
     argv += ["--max-requests", str(workload.max_requests)]
+    argv += ["--ramp-s", str(workload.ramp_s(quick))]
     for header in headers:
         argv += ["--header", header]
     completed = subprocess.run(
-        argv, capture_output=True, text=True, cwd=REPO_ROOT, timeout=duration_s + 120, check=False
+        argv, capture_output=True, text=True, cwd=REPO_ROOT, timeout=duration_s + 180, check=False
     )
     if completed.returncode != 0:
         raise RuntimeError(f"load client exited {completed.returncode}: {completed.stderr[-800:]}")
