@@ -62,7 +62,7 @@ async def operations(client: httpx.AsyncClient) -> list[tuple[str, str]]:
 def request_for(method: str, path: str) -> tuple[str, str, dict[str, Any] | None]:
     url = path.replace("{model_id}", "tiny").replace("{name}", "an_adapter")
     url = url.replace("{path}", "chat/completions")
-    body = None
+    body: dict[str, Any] | None = None
     if method in ("put", "patch"):
         body = {"model": "/models/other"}
     elif method == "post" and path == "/models":
