@@ -77,10 +77,12 @@ WORKLOADS = (
 )
 
 
-def load(url: str, workload: Workload, *, quick: bool, headers: Sequence[str]) -> dict[str, Any]:
-    """One run of bench/http_load.py against `url`."""
+def load(
+    url: str, workload: Workload, *, quick: bool, headers: Sequence[str], out: Path
+) -> dict[str, Any]:
+    """One run of bench/http_load.py against `url`; its result with every sample, from `out`."""
     duration_s = 0.5 if quick else workload.duration_s
-    argv = [sys.executable, "-m", "bench.http_load", url, "--samples"]
+    argv = [sys.executable, "-m", "bench.http_load", url, "--out", str(out)]
     argv += ["--body", json.dumps(workload.body(quick))]
     argv += ["--concurrency", str(workload.concurrency), "--duration-s", str(duration_s)]
     argv += ["--max-requests", str(workload.max_requests)]
@@ -92,7 +94,8 @@ def load(url: str, workload: Workload, *, quick: bool, headers: Sequence[str]) -
     )
     if completed.returncode != 0:
         raise RuntimeError(f"load client exited {completed.returncode}: {completed.stderr[-800:]}")
-    result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(out.read_text())
+    out.unlink()
     if result["errors"]:
         raise RuntimeError(f"{result['errors']} failed requests: {result['statuses']}")
     return result
@@ -106,7 +109,12 @@ def round_order(sides: Sequence[str], round_index: int) -> list[str]:
 
 
 def measure_workloads(
-    targets: dict[str, dict[str, str]], *, rounds: int, quick: bool, headers: Sequence[str]
+    targets: dict[str, dict[str, str]],
+    *,
+    rounds: int,
+    quick: bool,
+    headers: Sequence[str],
+    work_dir: Path,
 ) -> dict[str, dict[str, list[dict[str, Any]] | str]]:
     """workload -> side -> its runs, or the error that stopped that side."""
     results: dict[str, dict[str, list[dict[str, Any]] | str]] = {}
@@ -120,7 +128,8 @@ def measure_workloads(
                 url = targets[side][workload.engine]
                 print(f"   {workload.name} round {round_index + 1}: {side}", file=sys.stderr)
                 try:
-                    runs.append(load(url, workload, quick=quick, headers=headers))
+                    out = work_dir / "load.json"
+                    runs.append(load(url, workload, quick=quick, headers=headers, out=out))
                 except (RuntimeError, subprocess.TimeoutExpired) as error:
                     per_side[side] = f"{type(error).__name__}: {error}"
         results[workload.name] = per_side
@@ -212,7 +221,9 @@ def run(*, work_dir: Path, run_id: str, quick: bool, seed: int) -> SectionResult
             for name in unavailable:
                 targets.pop(name, None)
             figures["unavailable"] = unavailable
-            results = measure_workloads(targets, rounds=rounds, quick=quick, headers=headers)
+            results = measure_workloads(
+                targets, rounds=rounds, quick=quick, headers=headers, work_dir=work_dir
+            )
         finally:
             for proxy in proxies:
                 stop(proxy)
