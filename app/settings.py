@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     port_range_start: int = Field(default=8100, ge=1024, le=65535)
     port_range_end: int = Field(default=8999, ge=1024, le=65535)
     start_timeout_s: float = Field(default=900.0, gt=0)
+    # The idle timeout of specs that leave theirs unset (None: never unload for idleness).
+    idle_timeout_s: float | None = Field(default=None, gt=0)
     stop_grace_s: float = Field(default=30.0, gt=0)
     readiness_interval_min_s: float = Field(default=0.01, gt=0)
     readiness_interval_max_s: float = Field(default=0.05, gt=0)

@@ -70,6 +70,9 @@ class ModelPatch(BaseModel):
     on_demand: bool | None = None
     max_concurrency: int | None = Field(default=None, ge=0, le=100_000)
     max_loras: int | None = Field(default=None, ge=1, le=256)
+    idle_timeout_s: float | None = Field(default=None, gt=0.0, le=30 * 86400.0, allow_inf_nan=False)
+    priority: int | None = Field(default=None, ge=-1000, le=1000)
+    sleep_level: int | None = Field(default=None, ge=1, le=2)
     max_lora_rank: int | None = None
 
 

@@ -64,6 +64,8 @@ def build_argv(
     if spec.tensor_parallel_size > 1:
         argv += ["--tensor-parallel-size", str(spec.tensor_parallel_size)]
     argv += lora_flags(list(adapters), engine_lora_limits(spec, adapters))
+    if spec.sleep_level is not None:
+        argv += ["--enable-sleep-mode"]
     argv += spec.extra_args
     return argv
 
@@ -89,6 +91,9 @@ def build_env(
     env.update(engine_env)
     env.update(spec.env)
     env["VLLM_ADAPTER_PATHS"] = ":".join(str(adapter.path) for adapter in adapters)
+    if spec.sleep_level is not None:
+        # vLLM serves /sleep, /wake_up and /collective_rpc only in its development mode.
+        env["VLLM_SERVER_DEV_MODE"] = "1"
     if engine_lora_limits(spec, adapters) is not None:
         # Adapters are added and removed on the running engine (POST /v1/load_lora_adapter).
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"

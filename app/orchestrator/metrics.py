@@ -37,7 +37,7 @@ class Metrics:
         self.vllm_status = Gauge(
             "gpu_orchestrator_vllm_status",
             "Observed engine state: 0 stopped, 1 starting, 2 running, 3 degraded, 4 stopping, "
-            "5 failed.",
+            "5 failed, 6 sleeping.",
             ["model"],
             registry=self.registry,
         )
@@ -99,5 +99,12 @@ class Metrics:
             "gpu_orchestrator_adapters_loaded",
             "LoRA adapters a model's running engine serves.",
             ["model"],
+            registry=self.registry,
+        )
+        self.evictions_total = Counter(
+            "gpu_orchestrator_evictions",
+            "Engines stopped or put to sleep to free their GPU memory: reason idle (idle unload) "
+            "or make_room (a start that lacked room).",
+            ["model", "reason"],
             registry=self.registry,
         )

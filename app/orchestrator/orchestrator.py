@@ -28,6 +28,7 @@ from app.orchestrator.lifecycle.adapters import AdapterView, with_adapter
 from app.orchestrator.lifecycle.messages import Adopt
 from app.orchestrator.model_names import name_conflicts
 from app.orchestrator.registry import AlreadyExistsError
+from app.orchestrator.room import RoomMaker
 from app.orchestrator.spec import ModelSpec
 from app.store.tables import EventRow, StatusRow
 
@@ -75,6 +76,7 @@ class Orchestrator:
         # Spec changes of all models, one at a time: one id is inserted once, and a name the
         # gateway routes by is checked against every other spec and taken in one step.
         self._changing = asyncio.Lock()
+        self._room = RoomMaker(self)
         # Set once every recorded model has been adopted: until then a status may still be the
         # one recorded before the restart, and /readyz says so.
         self.adopted = asyncio.Event()
@@ -134,6 +136,10 @@ class Orchestrator:
         self.supervisors[spec.id] = supervisor
         self._tasks[spec.id] = asyncio.create_task(supervisor.serve(), name=f"sup-{spec.id}")
         return supervisor
+
+    def supervisor(self, model_id: str) -> Supervisor:
+        """The model's supervisor, to send it messages (ModelNotFoundError if none)."""
+        return self._supervisor(model_id)
 
     def _supervisor(self, model_id: str) -> Supervisor:
         supervisor = self.supervisors.get(model_id)
@@ -278,6 +284,16 @@ class Orchestrator:
     ) -> CommandResult:
         try:
             return await self._supervisor(model_id).command(kind, force=force, wait=wait)
+        except LookupError:
+            raise ModelNotFoundError(model_id) from None
+
+    async def start_model(
+        self, model_id: str, *, force: bool = False, evict: bool = False
+    ) -> CommandResult:
+        """Start (or wake) a model; with `evict`, make room by unloading idle engines of lower
+        or equal priority (RoomMaker). A refusal lists what evict=true would unload."""
+        try:
+            return await self._room.start(model_id, force=force, evict=evict)
         except LookupError:
             raise ModelNotFoundError(model_id) from None
 

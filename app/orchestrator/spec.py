@@ -218,6 +218,27 @@ class ModelSpecBase(BaseModel):
         "0: unlimited.",
     )
 
+    idle_timeout_s: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=30 * 86400.0,
+        allow_inf_nan=False,
+        description="Stop (or, with sleep_level, sleep) the engine after this long with no "
+        "request. Null: the IDLE_TIMEOUT_S setting (unset: never).",
+    )
+    priority: int = Field(
+        default=0,
+        ge=-1000,
+        le=1000,
+        description="A start that lacks room may evict idle engines of lower or equal priority.",
+    )
+    sleep_level: int | None = Field(
+        default=None,
+        ge=1,
+        le=2,
+        description="vLLM sleep mode for idle unload and eviction: 1 keeps the weights in host "
+        "memory (wakes in seconds), 2 drops them (reloads them on wake). Null: stop instead.",
+    )
     max_loras: int | None = Field(
         default=None,
         ge=1,

@@ -38,6 +38,9 @@ class ModelRow(SQLModel, table=True):
     max_concurrency: int = 0
     max_loras: int | None = None
     max_lora_rank: int | None = None
+    idle_timeout_s: float | None = None
+    priority: int = 0
+    sleep_level: int | None = None
     source: str = Field(default="api", description="api, or manifest:<file>")
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))

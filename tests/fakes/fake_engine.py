@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--lora-modules", nargs="+", default=[])
     parser.add_argument("--max-lora-rank", type=int, default=16)
+    parser.add_argument("--enable-sleep-mode", action="store_true")
     fake_lora = parser.add_argument_group("fake runtime LoRA")
     fake_lora.add_argument("--lora-load-delay-s", type=float, default=0.0)
     fake = parser.add_argument_group("fake engine behaviour")
@@ -210,6 +211,7 @@ class FakeEngine:
         self.streams_aborted = 0
         self.streams_active = 0
         self.streams_peak = 0
+        self.sleeping = 0  # the sleep level, 0 when awake
         self.requests: dict[str, int] = {}
 
     def state(self) -> dict[str, Any]:
@@ -233,6 +235,7 @@ class FakeEngine:
             "streams_aborted": self.streams_aborted,
             "streams_active": self.streams_active,
             "streams_peak": self.streams_peak,
+            "sleeping": self.sleeping,
             "requests": dict(self.requests),
         }
 
@@ -369,6 +372,8 @@ class EngineHandler(BaseHTTPRequestHandler):
             self.end_headers()
         elif self.path == "/v1/models":
             self.send_json(200, {"object": "list", "data": model_cards(engine)})
+        elif self.path == "/is_sleeping" and os.environ.get("VLLM_SERVER_DEV_MODE") == "1":
+            self.send_json(200, {"is_sleeping": bool(engine.sleeping)})
         elif self.path == "/fake/state":
             self.send_json(200, engine.state())
         else:
@@ -379,6 +384,9 @@ class EngineHandler(BaseHTTPRequestHandler):
         raw_body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if self.path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
             self.change_lora(raw_body)
+            return
+        if self.path.split("?")[0] in _SLEEP_PATHS:
+            self.sleep_mode()
             return
         if self.path not in _GENERATION_PATHS:
             self.send_openai_error(404, "Not Found", "NotFoundError")
@@ -399,6 +407,28 @@ class EngineHandler(BaseHTTPRequestHandler):
             self.stream(model, request)
         else:
             self.send_json(200, _GENERATION_PATHS[self.path](model, request))
+
+    def sleep_mode(self) -> None:
+        """vLLM's sleep routes: there only with VLLM_SERVER_DEV_MODE=1, and refused unless the
+        engine was started with --enable-sleep-mode."""
+        engine = self.server.engine
+        if os.environ.get("VLLM_SERVER_DEV_MODE") != "1":
+            self.send_openai_error(404, "Not Found", "NotFoundError")
+            return
+        if not engine.options.enable_sleep_mode:
+            self.send_openai_error(500, "Sleep mode is not enabled", "InternalServerError")
+            return
+        path, _, query = self.path.partition("?")
+        engine.count_request(path)
+        if path == "/sleep":
+            engine.sleeping = ("level=2" in query and 2) or 1
+            self.send_json(200, {"status": "sleeping", "level": engine.sleeping})
+        elif path == "/wake_up":
+            if "tags=weights" not in query:
+                engine.sleeping = 0
+            self.send_json(200, {"status": "awake" if not engine.sleeping else "sleeping"})
+        else:
+            self.send_json(200, {"results": [None]})
 
     def change_lora(self, raw_body: bytes) -> None:
         """vLLM's runtime LoRA routes: there only with VLLM_ALLOW_RUNTIME_LORA_UPDATING, 400 for a
@@ -568,6 +598,7 @@ def stream_chunk(model: str, index: int, chat: bool) -> dict[str, Any]:
     }
 
 
+_SLEEP_PATHS = ("/sleep", "/wake_up", "/collective_rpc", "/reset_prefix_cache")
 _GENERATION_PATHS = {
     "/v1/completions": completion,
     "/v1/chat/completions": chat_completion,

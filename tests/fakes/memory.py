@@ -279,3 +279,27 @@ def _matches(engine: FakeEngine, record: EngineRecord) -> bool:
     same_pid = record.pid == engine.pid and record.create_time == engine.handle.create_time
     same_run = record.launch_token is not None and record.launch_token == engine.launch_token
     return same_pid or same_run
+
+
+class FakeSleep:
+    """vLLM's sleep mode in memory: which engines (by base URL) sleep, and every call made."""
+
+    def __init__(self) -> None:
+        self.asleep: dict[str, int] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.refuse: str | None = None
+
+    async def sleep(self, base_url: str, level: int) -> str | None:
+        self.calls.append(("sleep", base_url))
+        if self.refuse is not None:
+            return self.refuse
+        self.asleep[base_url] = level
+        return None
+
+    async def wake(self, base_url: str, level: int) -> str | None:
+        self.calls.append(("wake", base_url))
+        self.asleep.pop(base_url, None)
+        return None
+
+    async def aclose(self) -> None:
+        return None

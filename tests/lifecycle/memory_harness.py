@@ -45,7 +45,7 @@ from app.orchestrator.spec import ModelSpec, RestartPolicy
 from app.settings import Settings, load_settings
 from app.store.db import make_engine, upgrade_to_head
 from app.store.tables import EventRow, StatusRow
-from tests.fakes.memory import FakeClock, FakeHealth, FakeLauncher, yield_to_loop
+from tests.fakes.memory import FakeClock, FakeHealth, FakeLauncher, FakeSleep, yield_to_loop
 
 GPU_MIB = 81920
 # Readiness is polled at 0.5 s, then at most 1 s: advancing the clock by READY_POLL_S lets at
@@ -297,6 +297,7 @@ async def memory_world(
         log_watcher=LogDirWatcher(config.resolved_log_dir),
         resolver=ModelResolver(config.model_store_root),
         parent_env={},
+        sleep=FakeSleep(),
     )
     errors = _HandlerErrors()
     logging.getLogger(SUPERVISOR_LOGGER).addHandler(errors)

@@ -98,6 +98,26 @@ async def stop_of_a_failed_model_with_leftovers(world: MemoryWorld) -> None:
     assert world.launcher.alive("m") == []
 
 
+async def sleep_wake_then_stop_while_asleep(world: MemoryWorld) -> None:
+    """Unloaded with a sleep_level: asleep, woken by a start, asleep again, then stopped."""
+    await world.add("m", sleep_level=1)
+    await world.run("m")
+    await world.command("m", CommandKind.UNLOAD)
+    assert world.state("m") == ModelState.SLEEPING
+    await world.start("m")
+    assert world.state("m") == ModelState.RUNNING
+    await world.command("m", CommandKind.UNLOAD)
+    await world.command("m", CommandKind.STOP)
+
+
+async def crash_while_asleep(world: MemoryWorld) -> None:
+    await world.add("m", sleep_level=1)
+    await world.run("m")
+    await world.command("m", CommandKind.UNLOAD)
+    await world.crash("m")
+    assert world.state("m") == ModelState.FAILED
+
+
 async def launch_refused_at_adoption(world: MemoryWorld) -> None:
     spec = world.spec("m")
     status = await world.recorded(spec, state="stopped", desired_state="running")
@@ -122,6 +142,12 @@ SCENARIOS: dict[Scenario, set[Pair]] = {
     stop_that_survives_sigkill_then_stop_again: {("stopping", "failed"), ("failed", "stopping")},
     stop_of_a_failed_model_with_leftovers: {("failed", "stopping")},
     launch_refused_at_adoption: {("stopped", "failed")},
+    sleep_wake_then_stop_while_asleep: {
+        ("running", "sleeping"),
+        ("sleeping", "running"),
+        ("sleeping", "stopping"),
+    },
+    crash_while_asleep: {("sleeping", "failed")},
 }
 
 

@@ -77,9 +77,30 @@ async def start_model(
     settings: SettingsDep,
     response: Response,
     force: Force = False,
+    evict: Annotated[
+        bool,
+        Query(
+            description="Make room by stopping (or putting to sleep) idle engines of lower or "
+            "equal priority when the GPUs lack it."
+        ),
+    ] = False,
 ) -> StatusPublic:
-    """202 when a start begins, 200 when the engine is already starting or running."""
-    return await _command(model_id, CommandKind.START, orchestrator, settings, response, force)
+    """202 when a start (or a wake from sleep) begins, 200 when the engine is already starting
+    or running. Refused for room (409 with the figures), the answer lists what `evict=true`
+    would unload (`would_evict`) and what it could not (`not_evictable`: busy, higher
+    priority)."""
+    try:
+        result = await orchestrator.start_model(model_id, force=force, evict=evict)
+    except LookupError:
+        raise ModelNotFoundError(model_id) from None
+    if result.error is not None:
+        raise from_command_error(result.error)
+    response.status_code = 202 if result.changed else 200
+    return status_public(
+        result.status or orchestrator.status(model_id),
+        engine_host=settings.engine_host,
+        activity=orchestrator.activity.peek(model_id),
+    )
 
 
 @router.post("/{model_id}/stop", response_model=StatusPublic, responses=_ACCEPTED)

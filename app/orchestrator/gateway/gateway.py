@@ -21,7 +21,7 @@ from typing import Any
 from app.orchestrator.activity import ActivityBoard, QueueFullError
 from app.orchestrator.clock import Clock
 from app.orchestrator.gateway.errors import GatewayError, not_found, unavailable
-from app.orchestrator.lifecycle import CommandKind, ModelState
+from app.orchestrator.lifecycle import ModelState
 from app.orchestrator.metrics import Metrics
 from app.orchestrator.model_names import Route, build_routes
 from app.orchestrator.orchestrator import Orchestrator
@@ -107,7 +107,7 @@ class Gateway:
         spec = self.orchestrator.spec(model_id)
         _refuse_if_unservable(model_id, status, on_demand=spec.on_demand, clock=self.clock)
         if status.state not in (ModelState.STARTING, ModelState.RUNNING):
-            result = await self.orchestrator.command(model_id, CommandKind.START)
+            result = await self.orchestrator.start_model(model_id, evict=True)
             if result.error is not None:
                 raise unavailable(
                     f"model {model_id} cannot start: {result.error.message}",

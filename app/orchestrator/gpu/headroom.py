@@ -19,7 +19,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from app.orchestrator.gpu.probe import GpuProbe, GpuSnapshot
@@ -211,8 +211,10 @@ class GpuAllocator:
         gpu_memory_util: float,
         tensor_parallel_size: int,
         force: bool = False,
+        only_gpus: tuple[int, ...] | None = None,
     ) -> HeadroomDecision:
-        """Decide and, if ok, reserve ceil(util x total) on each chosen GPU for `model_id`.
+        """Decide and, if ok, reserve ceil(util x total) on each chosen GPU for `model_id`
+        (among `only_gpus` when given: a sleeping engine wakes on the GPUs it holds).
 
         A reservation already held by `model_id` is replaced (it belonged to an earlier attempt).
         """
@@ -224,6 +226,9 @@ class GpuAllocator:
             # Off the loop: NVML calls block, and nvmlInit can take seconds.
             snapshot = await asyncio.to_thread(self._probe.snapshot)
             self._last_snapshot = snapshot
+            if only_gpus is not None:
+                kept = tuple(gpu for gpu in snapshot.gpus if gpu.index in only_gpus)
+                snapshot = replace(snapshot, gpus=kept)
             decision = self._decide(
                 snapshot, reserved_mib_by_gpu, gpu_memory_util, tensor_parallel_size, force
             )
@@ -282,6 +287,21 @@ class GpuAllocator:
     async def refresh(self) -> None:
         """Read the GPUs off the event loop and keep the reading for `adopt_gpus`."""
         self._last_snapshot = await asyncio.to_thread(self._probe.snapshot)
+
+    def mark_sleeping(self, model_id: str) -> None:
+        """The engine sleeps: its process lives, its GPU memory is released (counted as none;
+        waking it reserves again, like a start)."""
+        self._reserved.pop(model_id, None)
+        if self._running.pop(model_id, None) is not None:
+            self._probe.engine_removed(model_id)
+
+    @property
+    def margin_mib(self) -> int:
+        return self._margin_mib
+
+    def held_by(self, model_id: str) -> GpuHold | None:
+        """What a running engine holds, or None."""
+        return self._running.get(model_id)
 
     def mark_stopped(self, model_id: str) -> None:
         """The engine is gone: drop its reservation and placement."""

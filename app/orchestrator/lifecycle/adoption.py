@@ -92,7 +92,12 @@ class Rest:
 
 AdoptionPlan = Watch | FailAdopted | FinishStop | Stopped | Lost | ResumeBackoff | StartNow | Rest
 
-_ENGINE_STATES = (ModelState.STARTING, ModelState.RUNNING, ModelState.STOPPING)
+_ENGINE_STATES = (
+    ModelState.STARTING,
+    ModelState.RUNNING,
+    ModelState.STOPPING,
+    ModelState.SLEEPING,
+)
 
 
 def plan_adoption(facts: AdoptionFacts) -> AdoptionPlan:
@@ -117,7 +122,7 @@ def plan_adoption(facts: AdoptionFacts) -> AdoptionPlan:
     if facts.log_failure is not None:
         kind, evidence = facts.log_failure
         return FailAdopted(facts.alive, kind, f"{kind.value}: {evidence}")
-    if facts.state == ModelState.RUNNING:
+    if facts.state in (ModelState.RUNNING, ModelState.SLEEPING):
         return Watch(facts.alive, ready=True, remaining_s=0.0)
     elapsed_s = (facts.now - facts.since).total_seconds()
     remaining_s = facts.start_timeout_s - elapsed_s

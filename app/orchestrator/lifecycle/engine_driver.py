@@ -188,6 +188,47 @@ class EngineDriver:
         message = watchers.backoff_message(self.backoff_epoch)
         self._timer(watchers.after_delay(self.ctx.clock, delay_s, message, self._post))
 
+    # -- sleeping -------------------------------------------------------------------------
+    async def sleep(self, reason: str) -> CommandError | None:
+        """RUNNING -> SLEEPING: vLLM's sleep mode frees the GPU, the process stays. Its memory
+        is released in the headroom accounting at once."""
+        run, level = self.run, self._spec().sleep_level
+        if run is None or level is None or self.writer.state != ModelState.RUNNING:
+            return CommandError(ErrorCode.SLEEP_FAILED, f"model {self.model_id} cannot sleep")
+        problem = await self.ctx.sleep.sleep(run.base_url, level)
+        if problem is not None:
+            return CommandError(ErrorCode.SLEEP_FAILED, f"sleep failed: {problem}")
+        self.ctx.allocator.mark_sleeping(self.model_id)
+        # RUNNING -> SLEEPING
+        self.writer.to(ModelState.SLEEPING, reason, data={"level": level})
+        return None
+
+    async def wake(self, reason: str, *, force: bool) -> CommandError | None:
+        """SLEEPING -> RUNNING: the headroom check of a start first (a refusal leaves it
+        sleeping), then vLLM's wake-up; a wake that fails is a failure of the run."""
+        run, level = self.run, self._spec().sleep_level or 1
+        assert run is not None and self.writer.state == ModelState.SLEEPING
+        spec = self._spec()
+        decision = await self.ctx.allocator.reserve(
+            self.model_id,
+            gpu_memory_util=spec.gpu_memory_util,
+            tensor_parallel_size=spec.tensor_parallel_size,
+            force=force,
+            # The process is bound to the GPUs it started on: it wakes there or not at all.
+            only_gpus=tuple(self.writer.status.gpu_ids),
+        )
+        if not decision.ok:
+            code = ErrorCode(decision.code or ErrorCode.INSUFFICIENT_GPU_MEMORY)
+            return CommandError(code, decision.reason, decision.to_dict())
+        problem = await self.ctx.sleep.wake(run.base_url, level)
+        if problem is not None:
+            await self.fail(FailureKind.UNHEALTHY, f"wake-up failed: {problem}")
+            return CommandError(ErrorCode.LAUNCH_FAILED, f"wake-up failed: {problem}")
+        self.ctx.allocator.mark_running(self.model_id)
+        # SLEEPING -> RUNNING
+        self.writer.to(ModelState.RUNNING, reason, running_since=self.ctx.clock.now())
+        return None
+
     # -- stopping -------------------------------------------------------------------------
     async def stop(
         self, reason: str, desired: DesiredState, answer: Answer | None = None
@@ -292,9 +333,10 @@ class EngineDriver:
         port = status.port
         assert port is not None
         self.ctx.ports.hold(self.model_id, port)
-        self.ctx.allocator.adopt_gpus(
-            self.model_id, tuple(status.gpu_ids), gpu_memory_util=self._spec().gpu_memory_util
-        )
+        if self.writer.state != ModelState.SLEEPING:  # asleep, it holds no GPU memory
+            self.ctx.allocator.adopt_gpus(
+                self.model_id, tuple(status.gpu_ids), gpu_memory_util=self._spec().gpu_memory_util
+            )
         self.generation += 1
         run = EngineRun(
             generation=self.generation,

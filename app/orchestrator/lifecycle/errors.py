@@ -21,6 +21,8 @@ class ErrorCode(StrEnum):
     ADAPTER_NAME_CONFLICT = "adapter_name_conflict"
     ADAPTER_NOT_FOUND = "adapter_not_found"
     RESTART_NEEDED = "restart_needed"
+    MODEL_BUSY = "model_busy"
+    SLEEP_FAILED = "sleep_failed"
     LAUNCH_FAILED = "launch_failed"
     STOP_FAILED = "stop_failed"
 

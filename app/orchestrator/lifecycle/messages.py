@@ -23,6 +23,9 @@ class CommandKind(StrEnum):
     # Stop the engine for an orchestrator shutdown, keeping desired=running so the next
     # orchestrator start brings it back.
     SHUTDOWN = "shutdown"
+    # Free the engine's GPU memory (idle unload, eviction): sleep with a sleep_level, else
+    # stop with desired stopped; the reason shows in the status. Refused while it is busy.
+    UNLOAD = "unload"
 
 
 @dataclass
@@ -31,6 +34,8 @@ class Command:
     force: bool = False
     # Answer once the command's work is done (a stop: the engine is gone), not as it begins.
     wait: bool = False
+    # Why (an unload: "idle", "evicted for m2"), shown with the desired state.
+    reason: str = ""
     reply: asyncio.Future[CommandResult] | None = None
 
 
@@ -101,6 +106,13 @@ class LogGrew:
     pass
 
 
+@dataclass(frozen=True)
+class IdleCheck:
+    """Time to look whether the running engine has been idle for its idle timeout."""
+
+    generation: int
+
+
 Observation = (
     EngineReady
     | EngineExited
@@ -109,5 +121,6 @@ Observation = (
     | BackoffElapsed
     | StableElapsed
     | LogGrew
+    | IdleCheck
 )
 Message = Command | UpdateSpec | AdapterChange | Adopt | Observation

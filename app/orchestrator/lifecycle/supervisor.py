@@ -29,6 +29,7 @@ from app.orchestrator.lifecycle.messages import (
     EngineExited,
     EngineReady,
     HealthFailed,
+    IdleCheck,
     LogGrew,
     Message,
     Observation,
@@ -36,6 +37,7 @@ from app.orchestrator.lifecycle.messages import (
     StartTimedOut,
     UpdateSpec,
 )
+from app.orchestrator.lifecycle.sharing import GpuSharing
 from app.orchestrator.lifecycle.spec_change import judge_spec_change
 from app.orchestrator.lifecycle.states import AT_REST_STATES, DesiredState, ModelState
 from app.orchestrator.lifecycle.status_writer import StatusTest, StatusWriter
@@ -62,6 +64,9 @@ class Supervisor:
         )
         self.oom = self.engine.oom
         self.adapter_steps = AdapterSteps(self.model_id, context)
+        self.sharing = GpuSharing(
+            self.model_id, context, self.engine, spec=lambda: self._spec, post=self.post
+        )
         self._answers: list[tuple[Answered, CommandResult]] = []
         self.closed = False
 
@@ -84,10 +89,10 @@ class Supervisor:
         self.inbox.put_nowait(message)
 
     async def command(
-        self, kind: CommandKind, *, force: bool = False, wait: bool = False
+        self, kind: CommandKind, *, force: bool = False, wait: bool = False, reason: str = ""
     ) -> CommandResult:
         reply: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
-        self.post(Command(kind=kind, force=force, wait=wait, reply=reply))
+        self.post(Command(kind=kind, force=force, wait=wait, reason=reason, reply=reply))
         return await reply
 
     async def update(self, spec: ModelSpec, *, source: str, running_policy: str) -> CommandResult:
@@ -169,6 +174,7 @@ class Supervisor:
             case EngineReady(generation=gen) if engine.is_current(gen):
                 engine.on_ready()
                 await self._reconcile_adapters()
+                self.sharing.arm_idle_check()
             case EngineExited(generation=gen, code=code) if engine.is_current(gen):
                 await engine.on_exit(code)
             case StartTimedOut(generation=gen) if engine.is_current(gen) and engine.run:
@@ -180,6 +186,8 @@ class Supervisor:
                 await engine.on_backoff_elapsed(epoch)
             case StableElapsed(generation=gen) if engine.is_current(gen):
                 self.writer.reset_failures("ran stable")
+            case IdleCheck(generation=gen) if engine.is_current(gen):
+                await self.sharing.on_idle_check()
             case _:
                 pass  # about an engine run that has already ended
 
@@ -187,38 +195,46 @@ class Supervisor:
     async def _on_command(self, command: Command) -> None:
         engine = self.engine
         match command.kind:
+            case CommandKind.START if self.writer.state == ModelState.SLEEPING:
+                self._reply(command, await self.sharing.wake("woken", force=command.force))
             case CommandKind.START:
                 if self.writer.desired == DesiredState.RUNNING and engine.run is not None:
                     self._reply(command, CommandResult(changed=False))  # starting or running
                     return
                 self._reply(command, await self._start("operator start", force=command.force))
             case CommandKind.RESTART:
-                if engine.run is None:
-                    self._reply(command, await self._start("operator restart", force=command.force))
-                    return
-                # Answered at once (202, stopping); the start follows the stop, and a refusal
-                # then is a failure like any refused restart.
-                answer = self._answer(command)
-                await engine.stop("operator restart", DesiredState.RUNNING, answer)
-                started = CommandResult(changed=True)
-                if self.writer.state == ModelState.STOPPED:
-                    started = await self._start("operator restart", force=command.force, fail=True)
-                self._reply(command, started)
+                await self._restart(command)
             case CommandKind.STOP:
-                status = self.writer.status
-                changed = status.desired_state != "stopped" or status.state != "stopped"
-                error = await engine.stop(
-                    "operator stop", DesiredState.STOPPED, self._answer(command)
-                )
-                self._reply(command, CommandResult(changed=changed, error=error))
+                await self._stop(command)
             case CommandKind.SHUTDOWN:
                 if engine.run is not None:
                     await engine.stop("orchestrator shutdown", self.writer.desired)
                     self._reply(command, CommandResult(changed=True))
             case CommandKind.DELETE:
                 await self._delete(command)
+            case CommandKind.UNLOAD:
+                self._reply(command, await self.sharing.unload(command.reason))
             case _:
                 assert_never(command.kind)
+
+    async def _restart(self, command: Command) -> None:
+        if self.engine.run is None:
+            self._reply(command, await self._start("operator restart", force=command.force))
+            return
+        # Answered at once (202, stopping); the start follows the stop, and a refusal then is
+        # a failure like any refused restart.
+        await self.engine.stop("operator restart", DesiredState.RUNNING, self._answer(command))
+        started = CommandResult(changed=True)
+        if self.writer.state == ModelState.STOPPED:
+            started = await self._start("operator restart", force=command.force, fail=True)
+        self._reply(command, started)
+
+    async def _stop(self, command: Command) -> None:
+        status = self.writer.status
+        changed = status.desired_state != "stopped" or status.state != "stopped"
+        answer = self._answer(command)
+        error = await self.engine.stop("operator stop", DesiredState.STOPPED, answer)
+        self._reply(command, CommandResult(changed=changed, error=error))
 
     async def _delete(self, command: Command) -> None:
         state = self.writer.state
@@ -283,6 +299,7 @@ class Supervisor:
 
     async def _start(self, reason: str, *, force: bool, fail: bool = False) -> CommandResult:
         # An operator's start clears degraded and the restart budget.
+        self.sharing.clear_desired_reason()
         self.engine.cancel_backoff()
         self.writer.reset_failures(reason)
         error = await self.engine.launch(reason=reason, force=force, fail_on_refusal=fail)
