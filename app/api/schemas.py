@@ -149,6 +149,10 @@ class StatusPublic(BaseModel):
     restart_needed: bool
     since: str
     notes: dict[str, Any]
+    desired_reason: str | None = Field(
+        default=None,
+        description="Why the desired state was set by the service itself: idle, evicted for M.",
+    )
     in_flight: int = Field(default=0, description="Gateway requests being served right now.")
     last_request_at: str | None = Field(
         default=None, description="When the gateway last finished a request for this model."
@@ -180,6 +184,10 @@ class CanStartPublic(BaseModel):
     gpus: list[dict[str, int]]
 
 
+# Kept in the status row's notes for the supervisor; shown under their own names or not at all.
+_INTERNAL_NOTES = frozenset({"oom_counted_token", "desired_reason"})
+
+
 def status_data(
     status: StatusRow, *, engine_host: str, activity: Activity | None = None
 ) -> dict[str, Any]:
@@ -209,7 +217,8 @@ def status_data(
         "next_attempt_at": iso_ms(status.next_attempt_at) if status.next_attempt_at else None,
         "restart_needed": status.restart_needed,
         "since": iso_ms(status.since),
-        "notes": {k: v for k, v in status.notes.items() if k != "oom_counted_token"},
+        "notes": {k: v for k, v in status.notes.items() if k not in _INTERNAL_NOTES},
+        "desired_reason": status.notes.get("desired_reason"),
         "in_flight": activity.in_flight if activity else 0,
         "last_request_at": (
             iso_ms(activity.last_request_at) if activity and activity.last_request_at else None

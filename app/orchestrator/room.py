@@ -36,8 +36,9 @@ class RoomMaker:
         ctx = orchestrator.ctx
         spec = orchestrator.spec(model_id)
         candidates = []
+        holds = {hold.model_id: hold for hold in ctx.allocator.holds()}
         for other in orchestrator.specs():
-            hold = ctx.allocator.held_by(other.id)
+            hold = holds.get(other.id)
             if other.id == model_id or hold is None:
                 continue
             activity = ctx.activity.peek(other.id)
@@ -48,7 +49,8 @@ class RoomMaker:
                     model_id=other.id,
                     priority=other.priority,
                     last_used=last_used or status.running_since,
-                    busy=bool(activity and activity.busy),
+                    # An engine still starting is about to serve whoever asked for it.
+                    busy=hold.state == "reserved" or bool(activity and activity.busy),
                     held_mib_by_gpu=dict(hold.held_mib_by_gpu),
                 )
             )

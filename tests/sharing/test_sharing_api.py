@@ -42,14 +42,14 @@ async def test_sharing_idle_engine_is_unloaded_then_started_again_on_demand(
         assert (await _ask(client, "tiny")).status_code == 200
         stopped = await wait_state(client, "tiny", "stopped", timeout_s=10)
         assert stopped["desired_state"] == "stopped"
-        assert stopped["notes"]["desired_reason"] == "idle"
+        assert stopped["desired_reason"] == "idle"
         events = (await client.get("/models/tiny/events")).json()
         assert any("idle for" in e["reason"] for e in events if e.get("to_state") == "stopping")
         metrics = (await client.get("/metrics")).text
         assert 'gpu_orchestrator_evictions_total{model="tiny",reason="idle"} 1.0' in metrics
         assert (await _ask(client, "tiny")).status_code == 200  # starts it again
         again = (await client.get("/models/tiny")).json()["status"]
-        assert again["state"] == "running" and "desired_reason" not in again["notes"]
+        assert again["state"] == "running" and again["desired_reason"] is None
         await client.post("/models/tiny/stop?wait=true")
 
 
@@ -94,7 +94,7 @@ async def test_sharing_a_start_evicts_the_lowest_priority_least_recently_used_id
         assert await _state(client, "recent") == "running"
         assert await _state(client, "keeper") == "running"
         old = (await client.get("/models/old")).json()["status"]
-        assert old["notes"]["desired_reason"] == "evicted for new"
+        assert old["desired_reason"] == "evicted for new"
         events = (await client.get("/models/new/events")).json()
         assert any(e["kind"] == "evicted_for_start" for e in events)
         metrics = (await client.get("/metrics")).text
@@ -163,3 +163,59 @@ async def test_sharing_sleep_mode_frees_the_gpu_and_one_wake_serves_everyone(
         engine = httpx.get(f"{woken['base_url']}/fake/state", timeout=5).json()
         assert engine["requests"]["/wake_up"] == 1 and engine["sleeping"] == 0
         await client.post("/models/dozy/stop?wait=true")
+
+
+async def _watch_overcommit(client: httpx.AsyncClient, done: asyncio.Event) -> int:
+    """Sample /gpus until `done`; the headroom invariant must hold at every sample."""
+    samples = 0
+    while not done.is_set():
+        await _assert_not_overcommitted(client)
+        samples += 1
+        await asyncio.sleep(0.01)
+    return samples
+
+
+async def test_sharing_two_cold_starts_competing_for_one_gpu_both_get_served(
+    make_settings: MakeSettings,
+) -> None:
+    async with running_app(make_settings(simulated_gpus=[GPU_MIB])) as (_app, client):
+        for model in ("left", "right"):
+            body = spec(model, "--ready-delay-s", "0.2", gpu_memory_util=BIG)
+            await client.post("/models", json=body)
+        done = asyncio.Event()
+        watcher = asyncio.create_task(_watch_overcommit(client, done))
+        answers = await asyncio.gather(_ask(client, "left"), _ask(client, "right"))
+        done.set()
+        assert await watcher > 5
+        assert [answer.status_code for answer in answers] == [200, 200]
+        states = {await _state(client, "left"), await _state(client, "right")}
+        assert states == {"running", "stopped"}  # one at a time, never both
+        for model in ("left", "right"):
+            await client.post(f"/models/{model}/stop?wait=true")
+
+
+async def test_sharing_a_request_for_a_model_being_evicted_is_served_after(
+    make_settings: MakeSettings,
+) -> None:
+    settings = make_settings(simulated_gpus=[GPU_MIB], stop_grace_s=0.5)
+    async with running_app(settings) as (_app, client):
+        # "victim" ignores SIGTERM: its eviction takes the whole grace period.
+        victim = spec("victim", "--ignore-sigterm", gpu_memory_util=BIG)
+        await client.post("/models", json=victim)
+        await client.post("/models", json=spec("taker", gpu_memory_util=BIG))
+        assert (await _ask(client, "victim")).status_code == 200
+        taking = asyncio.create_task(_ask(client, "taker"))
+        for _ in range(250):
+            if await _state(client, "victim") == "stopping":
+                break
+            await asyncio.sleep(0.01)
+        assert await _state(client, "victim") == "stopping"
+        back = await _ask(client, "victim")  # asked while it is being evicted
+        assert (await taking).status_code == 200
+        assert back.status_code == 200
+        # Served both ways, one engine at a time: whichever came last holds the GPU.
+        states = {await _state(client, "victim"), await _state(client, "taker")}
+        assert states == {"running", "stopped"}
+        await _assert_not_overcommitted(client)
+        for model in ("victim", "taker"):
+            await client.post(f"/models/{model}/stop?wait=true")
