@@ -130,6 +130,14 @@ class ManifestSync:
         """Sync again; waits for a sync already in flight rather than interleaving with it."""
         async with self._lock:
             self._report = await sync_manifests(self._orchestrator, self._settings)
+            actions = [manifest.action for manifest in self._report.manifests]
+            counts = {action: actions.count(action) for action in sorted(set(actions))}
+            self._orchestrator.ctx.registry.append_event(
+                None,
+                "manifests_reloaded",
+                reason=f"{len(actions)} manifests, {len(self._report.issues)} issues",
+                data={"actions": counts, "issues": len(self._report.issues)},
+            )
             return self._report
 
 

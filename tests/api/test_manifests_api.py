@@ -329,7 +329,7 @@ async def test_manifests_reload_gaining_and_losing_an_agent_changes_adapters_liv
     setup = Setup(tmp_path)
     settings = setup.settings(make_settings)
     try:
-        async with running_app(settings) as (_app, client):
+        async with running_app(settings) as (app, client):
             await client.post(f"/models/{MODEL_ID}/start")
             running = await wait_state(client, MODEL_ID, "running")
             setup.store.add_adapter("planner/adapters/planner_v1")
@@ -346,12 +346,20 @@ async def test_manifests_reload_gaining_and_losing_an_agent_changes_adapters_liv
             report = await _json(client, "POST", "/manifests/reload")
             after = await _json(client, "GET", f"/models/{MODEL_ID}")
             served = httpx.get(f"{running['base_url']}/v1/models", timeout=5).json()
+            await app.state.services.registry.flush()
+            reloads = [
+                event
+                for event in app.state.services.registry.events_after(0, limit=1000)
+                if event.kind == "manifests_reloaded"
+            ]
+            reloads = [{"data": event.data} for event in reloads]
             await client.post(f"/models/{MODEL_ID}/stop?wait=true")
     finally:
         kill_engines_of(settings.state_dir)
 
     assert report["manifests"][0]["action"] == "updated"
     assert after["status"]["restart_needed"] is False
+    assert reloads and reloads[-1]["data"]["actions"] == {"updated": 1}
     assert after["status"]["pid"] == running["pid"]
     assert {card["id"] for card in served["data"]} == {
         MODEL_ID,
