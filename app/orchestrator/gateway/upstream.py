@@ -15,6 +15,7 @@ on a stack instead: a request takes the most recently used one and checks only t
 from __future__ import annotations
 
 import ssl
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
 
 import anyio
@@ -35,7 +36,7 @@ class _StackPool(httpcore.AsyncConnectionPool):
             max_keepalive_connections=_MAX_IDLE,
             keepalive_expiry=_KEEPALIVE_EXPIRY_S,
         )
-        self._idle: list[httpcore.AsyncConnectionInterface] = []
+        self._idle: deque[httpcore.AsyncConnectionInterface] = deque()
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
         connection = await self._take(request.url.origin)
@@ -64,14 +65,17 @@ class _StackPool(httpcore.AsyncConnectionPool):
 
     async def release(self, connection: httpcore.AsyncConnectionInterface) -> None:
         """Back on the stack when it can take another request (its response was read to the
-        end), else closed."""
+        end), else closed. The oldest idle one is checked too: an engine closes connections
+        idle for long (vLLM's uvicorn after 5 s), and the bottom of a stack is reached late."""
         if connection.is_idle() and len(self._idle) < _MAX_IDLE:
             self._idle.append(connection)
         else:
             await connection.aclose()
+        if len(self._idle) > 1 and self._idle[0].has_expired():
+            await self._idle.popleft().aclose()
 
     async def aclose(self) -> None:
-        idle, self._idle = self._idle, []
+        idle, self._idle = self._idle, deque()
         for connection in idle:
             await connection.aclose()
 
