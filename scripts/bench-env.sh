@@ -9,7 +9,10 @@ set -euo pipefail
 
 TOOL="${1:-}"
 MODE="${2:-build}"
+# 1.108.7 is the newest LiteLLM whose `proxy` extra installs: from 1.108.8 on it requires
+# `litellm-proxy==<same version>`, which pip cannot find on PyPI from here ("from versions: none").
 LITELLM_VERSION="${LITELLM_VERSION:-1.108.7}"
+# vllm-router's wheel carries its Rust router (vllm_router_rs.abi3.so); `vllm-router` launches it.
 VLLM_ROUTER_VERSION="${VLLM_ROUTER_VERSION:-0.1.17}"
 CACHE_ROOT="${GPU_ORCH_CACHE:-$HOME/.cache/gpu-orchestrator}"
 PYTHON="${PYTHON:-python3.11}"
