@@ -9,8 +9,8 @@ set -euo pipefail
 
 TOOL="${1:-}"
 MODE="${2:-build}"
-# 1.108.7 is the newest LiteLLM whose `proxy` extra installs: from 1.108.8 on it requires
-# `litellm-proxy==<same version>`, which pip cannot find on PyPI from here ("from versions: none").
+# 1.108.7 is the newest LiteLLM whose `proxy` extra installs here: later ones pin companions that
+# pip cannot find on PyPI (1.108.8: litellm-enterprise==0.1.79.post2; 1.110.2: litellm-proxy).
 LITELLM_VERSION="${LITELLM_VERSION:-1.108.7}"
 # vllm-router's wheel carries its Rust router (vllm_router_rs.abi3.so); `vllm-router` launches it.
 VLLM_ROUTER_VERSION="${VLLM_ROUTER_VERSION:-0.1.17}"
