@@ -57,7 +57,7 @@ async def list_adapters(model_id: ModelId, orchestrator: OrchestratorDep) -> lis
     response_model=list[AdapterPublic],
     responses={
         200: {"description": "Already there, with this path."},
-        **error_responses(409, 422),
+        **error_responses(400, 409, 413, 422),
     },
 )
 async def add_adapter(

@@ -80,8 +80,13 @@ class StatusWriter:
 
     def _on_commit(self, snapshot: StatusRow) -> None:
         self.committed = snapshot
+
+    def wake_waiters(self) -> None:
+        """Called by the supervisor once a message is handled and its writes committed, so a
+        waiter sees where the message left the model (degraded), not a step on the way
+        (failed)."""
         for test, future in list(self._waiters):
-            if not future.done() and test(snapshot):
+            if not future.done() and test(self.committed):
                 future.set_result(None)
 
     # -- changes ----------------------------------------------------------------------------

@@ -132,6 +132,7 @@ class Supervisor:
                 if isinstance(message, _ANSWERED):
                     self._reply(message, CommandResult(changed=False))  # no-op if answered
                 self._send_answers()
+                self.writer.wake_waiters()
         finally:
             self.ctx.log_watcher.unsubscribe(self.ctx.log_path(self.model_id).name)
             self.engine.cancel_tasks()
