@@ -250,6 +250,10 @@ def status_line(model_id: str, status: dict[str, Any]) -> str:
     if state in FAILED_STATES and status.get("last_failure"):
         failure = status["last_failure"]
         return f"{model_id}: {state}: {failure.get('kind')}: {failure.get('message')}"
+    if state == "sleeping":
+        return f"{model_id}: sleeping (pid {status.get('pid')}; the next request wakes it)"
+    if status.get("desired_reason"):
+        return f"{model_id}: {state} ({status['desired_reason']})"
     return f"{model_id}: {state}"
 
 

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import yaml
 
+from app import client_format
 from app.cli import main
 from app.client_format import api_error_message, render_table
 from tests.conftest import kill_engines_of
@@ -337,3 +338,12 @@ def test_cli_format_validation_errors_name_the_field() -> None:
     )
     proxy = httpx.Response(502, text="<html>Bad Gateway</html>")
     assert api_error_message(proxy) == "error (HTTP 502): <html>Bad Gateway</html>"
+
+
+def test_cli_status_line_says_sleeping_and_why_the_service_stopped_a_model() -> None:
+    asleep = {"state": "sleeping", "pid": 42}
+    assert client_format.status_line("m", asleep) == (
+        "m: sleeping (pid 42; the next request wakes it)"
+    )
+    idle = {"state": "stopped", "desired_reason": "idle"}
+    assert client_format.status_line("m", idle) == "m: stopped (idle)"
