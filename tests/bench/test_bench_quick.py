@@ -13,7 +13,16 @@ from typing import Any
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = {"readiness", "real_engine", "detection", "api_cost", "scale", "gateway", "swap"}
+SECTIONS = {
+    "readiness",
+    "real_engine",
+    "detection",
+    "api_cost",
+    "scale",
+    "gateway",
+    "adapters",
+    "swap",
+}
 QUICK_TIMEOUT_S = 600  # a bound on a hung run, not a speed check: the quick mode takes ~2 min
 
 
