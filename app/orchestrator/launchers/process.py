@@ -62,7 +62,9 @@ async def wait_group_gone(pgid: int, timeout_s: float) -> bool:
     """Wait until no live member of the group is left; False at the deadline."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    while group_members(pgid):
+    # The walk of /proc that finds the members takes milliseconds (more on a busy node): it
+    # runs in a worker thread, never on the loop every supervisor and request shares.
+    while await asyncio.to_thread(group_members, pgid):
         if loop.time() >= deadline:
             return False
         # Members other than our child give no exit event to wait on: poll, briefly.
