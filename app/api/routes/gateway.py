@@ -11,7 +11,6 @@ import json
 from contextlib import AsyncExitStack
 from typing import Annotated, Any
 
-import httpx
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -21,6 +20,7 @@ from app.api.deps import get_services, require_inference_token
 from app.api.relay import RelayResponse
 from app.orchestrator.gateway import GatewayError, adapter_names
 from app.orchestrator.gateway.errors import bad_request
+from app.orchestrator.gateway.upstream import UpstreamError
 from app.orchestrator.wiring import Services
 
 
@@ -145,17 +145,15 @@ async def forward(path: str, request: Request, services: ServicesDep) -> Respons
         metrics.gateway_requests_total.labels(model=model_id, code=error.status_code).inc()
         raise
     try:
-        client = upstream_pool.client(lease.base_url)
-        outgoing = client.build_request(
-            "POST", f"/v1/{path}", content=body, headers=_request_headers(request)
+        upstream = await upstream_pool.send(
+            lease.base_url, f"/v1/{path}", body=body, headers=_request_headers(request)
         )
-        upstream = await client.send(outgoing, stream=True)
-    except httpx.HTTPError as error:
+    except UpstreamError as error:
         await stack.aclose()
         metrics.gateway_requests_total.labels(model=lease.model_id, code=502).inc()
         raise GatewayError(
             502,
-            f"the engine of {lease.model_id} did not answer: {error!r}",
+            f"the engine of {lease.model_id} did not answer: {error}",
             error_type="api_error",
             code="engine_unreachable",
         ) from None
@@ -164,14 +162,14 @@ async def forward(path: str, request: Request, services: ServicesDep) -> Respons
     headers = {name: value for name in _RESPONSE_HEADERS if (value := upstream.headers.get(name))}
     if not stream:
         try:
-            content = await upstream.aread()
+            content = await upstream.read()
         finally:
             await stack.aclose()
         return Response(content, status_code=upstream.status_code, headers=headers)
     headers["X-Accel-Buffering"] = "no"  # nginx in front must not buffer the stream either
     headers["Cache-Control"] = "no-cache"
     return RelayResponse(
-        upstream.aiter_raw(),
+        upstream.chunks(),
         status_code=upstream.status_code,
         headers=headers,
         cleanup=stack.aclose,
