@@ -81,7 +81,9 @@ def load(
     url: str, workload: Workload, *, quick: bool, headers: Sequence[str], out: Path
 ) -> dict[str, Any]:
     """One run of bench/http_load.py against `url`; its result with every sample, from `out`."""
-    duration_s = 0.5 if quick else workload.duration_s
+    # Quick runs are short, but a stream window must outlast a slow proxy's first chunk (LiteLLM's
+    # arrive 1.4-1.7 s late at 64 streams), or it would count no token at all.
+    duration_s = (2.0 if workload.ramp else 0.5) if quick else workload.duration_s
     argv = [sys.executable, "-m", "bench.http_load", url, "--out", str(out)]
     argv += ["--body", json.dumps(workload.body(quick))]
     argv += ["--concurrency", str(workload.concurrency), "--duration-s", str(duration_s)]

@@ -87,7 +87,9 @@ def test_bench_quick_measures_each_figure_beside_its_baseline(
     assert (scale["specs"], scale["running_engines"]) == (100, 10)
     assert scale["rss_mib"] > 0
     assert scale["idle_cpu_s"] >= 0
-    for name in SECTIONS - {"real_engine"}:
+    adapters = sections["adapters"]
+    assert adapters["status"] == "skipped" and "--quick" in adapters["reason"]  # real engine
+    for name in SECTIONS - {"real_engine", "adapters"}:
         section = sections[name]
         assert section["status"] == "ok"
         assert isinstance(section["goal_met"], bool)
