@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from app.orchestrator.launchers.base import (
     EngineHandle,
     EngineRecord,
+    ExitCause,
     LaunchError,
     LaunchRequest,
     StopError,
@@ -118,13 +119,15 @@ class LaunchScript:
     """How one launch behaves. `refuse`: LaunchError with this text; `raises`: any other
     exception out of `launch`; `survives_kill`: its processes outlive SIGKILL (stop and
     clear_leftovers raise StopError) until `FakeEngine.let_die`; `children`: processes that
-    outlive the main process when it exits; `gate`: `launch` returns only once it is set."""
+    outlive the main process when it exits; `gate`: `launch` returns only once it is set;
+    `exit_cause`: what `exit_cause` says once the engine has ended (an OOM kill)."""
 
     refuse: str | None = None
     raises: Exception | None = None
     survives_kill: bool = False
     children: int = 0
     gate: asyncio.Event | None = None
+    exit_cause: ExitCause | None = None
 
 
 @dataclass
@@ -261,6 +264,10 @@ class FakeLauncher:
             self._terminate(engine)
         self.calls.append(("clear_leftovers", tuple(pids)))
         return pids
+
+    async def exit_cause(self, handle: EngineHandle) -> ExitCause | None:
+        """None unless the engine's script names a cause."""
+        return self._engine(handle.pid).script.exit_cause
 
     # -- inside ------------------------------------------------------------------------------------
     def _engine(self, pid: int) -> FakeEngine:

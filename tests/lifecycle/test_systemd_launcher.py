@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +17,7 @@ from app.orchestrator.launchers.process import group_members
 from app.orchestrator.launchers.systemd_launcher import SystemdLauncher
 from app.orchestrator.wiring import Overrides
 from tests.conftest import MakeSettings, running_app
-from tests.lifecycle.helpers import wait_state
+from tests.lifecycle.helpers import wait_state, wait_status
 
 FAKE = Path(__file__).resolve().parents[1] / "fakes" / "systemd" / "fake_systemd.py"
 
@@ -62,7 +64,8 @@ async def test_systemd_launcher_runs_transient_unit_with_limits(
         run_call = next(call for call in _calls(state) if call[0] == "run")
         options = run_call[1 : run_call.index("--")]
         assert "--user" in options and "--unit=vllm-tiny.service" in options
-        assert "--collect" in options
+        # Not collected: a failed unit's Result (oom-kill) must outlive it for exit_cause.
+        assert "--collect" not in options
         properties = [options[i + 1] for i, option in enumerate(options) if option == "-p"]
         log = settings.resolved_log_dir / "tiny.log"
         assert "MemoryMax=48G" in properties and "CPUQuota=400%" in properties
@@ -100,3 +103,30 @@ async def test_systemd_launcher_refusal_is_a_launch_failure(
         assert status["state"] == "degraded"
         assert status["last_failure"]["kind"] == "launch_error"
         assert os.environ["FAKE_SYSTEMD_DIR"] == str(state)
+
+
+def _failure_kind(status: dict[str, Any]) -> str | None:
+    failure = status["last_failure"] or {}
+    return failure.get("kind")
+
+
+async def test_systemd_launcher_engine_that_dies_otherwise_is_a_plain_exit(
+    make_settings: MakeSettings, fake_systemd: tuple[Path, SystemdLauncher]
+) -> None:
+    _state, launcher = fake_systemd
+    async with running_app(make_settings(), Overrides(launcher=launcher)) as (_app, client):
+        body = {
+            "id": "tiny",
+            "model": "/models/tiny",
+            "gpu_memory_util": 0.3,
+            "memory_max": "48G",
+            "restart_policy": {"max_restarts": 0},
+        }
+        await client.post("/models", json=body)
+        await client.post("/models/tiny/start")
+        pid = (await wait_state(client, "tiny", "running"))["pid"]
+
+        os.killpg(pid, signal.SIGKILL)
+        status = await wait_status(client, "tiny", lambda s: _failure_kind(s) is not None)
+
+        assert _failure_kind(status) == "exit" and status["ooms_total"] == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 
 class LaunchError(Exception):
@@ -55,6 +55,41 @@ class EngineRecord:
     limits_enforced: bool = False
 
 
+@dataclass(frozen=True)
+class ExitCause:
+    """Why an engine ended, as what ran it saw it (systemd's unit result, the kernel's cgroup
+    counters): the engine itself prints nothing when the kernel kills it for memory.
+
+    `memory_limit` is the limit in force, as an operator reads it ("48 GiB"), None when there
+    was none (then the host itself ran out); `evidence` says where the cause was read.
+    """
+
+    kind: Literal["oom_kill"]
+    memory_limit: str | None
+    evidence: str
+
+    def describe(self) -> str:
+        """`killed by the kernel's OOM killer at its memory limit of 48 GiB (unit ...)`."""
+        if self.memory_limit is None:
+            where = "with no memory limit of its own: the host ran out of memory"
+        else:
+            where = f"at its memory limit of {self.memory_limit}"
+        return f"killed by the kernel's OOM killer {where} ({self.evidence})"
+
+
+_BINARY_UNITS = (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
+
+
+def memory_size(count_bytes: int) -> str:
+    """A memory limit as an operator writes it: 51539607552 -> `48 GiB`, 1610612736 ->
+    `1.50 GiB`, 4096 -> `4 KiB`."""
+    for unit, size in _BINARY_UNITS:
+        if count_bytes >= size:
+            whole, rest = divmod(count_bytes, size)
+            return f"{whole} {unit}" if rest == 0 else f"{count_bytes / size:.2f} {unit}"
+    return f"{count_bytes} bytes"
+
+
 class Launcher(Protocol):
     """Every process and unit the orchestrator touches goes through here; tests hand in an
     in-memory one (tests/fakes/memory.py)."""
@@ -82,4 +117,9 @@ class Launcher(Protocol):
     async def clear_leftovers(self, record: EngineRecord, *, grace_s: float) -> list[int]:
         """Terminate whatever is left of a recorded run (its group, its unit, processes carrying
         its launch token) and return their pids; StopError when some survive SIGKILL."""
+        ...
+
+    async def exit_cause(self, handle: EngineHandle) -> ExitCause | None:
+        """Asked once the engine's main process has ended: what killed it, when the launcher
+        can tell (an OOM kill); None when it cannot or nothing did."""
         ...

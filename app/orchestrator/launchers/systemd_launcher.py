@@ -2,22 +2,36 @@
 
 `systemd-run --user` starts the unit; its output is appended to the same log file the subprocess
 launcher uses, so log following and OOM detection do not depend on the launcher.
+
+An engine that the kernel kills at the unit's MemoryMax= prints nothing; systemd records it as
+the unit's `Result=oom-kill` (its default OOMPolicy=stop), which `exit_cause` reads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import Mapping
 
 from app.orchestrator.launchers import process
 from app.orchestrator.launchers.base import (
     EngineHandle,
     EngineRecord,
+    ExitCause,
     LaunchError,
     LaunchRequest,
+    memory_size,
 )
 
 _COMMAND_TIMEOUT_S = 30.0
+# What `exit_cause` reads of the unit. Key=value lines, not --value: with several -p, systemctl
+# prints the properties in its own order, not in the order asked.
+_EXIT_PROPERTIES = ("Result", "MemoryMax", "ActiveState", "LoadState")
+# The unit settles (inactive or failed) once systemd has seen its last process go; the result
+# of an OOM kill is set as soon as systemd notices the kill, before that.
+_RESULT_WAIT_S = 5.0
+_RESULT_POLL_S = 0.05
+_UNSETTLED_STATES = frozenset({"active", "activating", "deactivating", "reloading"})
 
 
 async def _run(*argv: str) -> tuple[int, str]:
@@ -52,7 +66,8 @@ def systemd_run_argv(
         systemd_run,
         "--user",
         f"--unit={request.unit_name}",
-        "--collect",
+        # No --collect: it unloads a failed unit at once, and with it the Result (oom-kill) that
+        # exit_cause reads; stop resets the failed unit once that has been read.
         "--quiet",
         "-p",
         f"StandardOutput=append:{log}",
@@ -71,6 +86,39 @@ def systemd_run_argv(
     # systemd expands $VAR and ${VAR} in a unit's command line; $$ is a literal $, so every
     # argument reaches the engine exactly as given.
     return [*argv, "--", *(arg.replace("$", "$$") for arg in request.argv)]
+
+
+def parse_unit_properties(output: str) -> dict[str, str]:
+    """`systemctl show -p A -p B UNIT` output (`A=value` lines) as a dict."""
+    properties: dict[str, str] = {}
+    for line in output.splitlines():
+        name, sep, value = line.partition("=")
+        if sep:
+            properties[name.strip()] = value.strip()
+    return properties
+
+
+def unit_settled(properties: Mapping[str, str]) -> bool:
+    """Whether the unit's result is final: it has stopped, is gone, or has a failure result."""
+    if properties.get("LoadState") == "not-found" or not properties:
+        return True
+    return (
+        properties.get("ActiveState") not in _UNSETTLED_STATES
+        or properties.get("Result", "success") != "success"
+    )
+
+
+def unit_exit_cause(unit: str, properties: Mapping[str, str]) -> ExitCause | None:
+    """An OOM kill when systemd says so (`Result=oom-kill`), with the unit's MemoryMax=."""
+    if properties.get("Result") != "oom-kill":
+        return None
+    memory_max = properties.get("MemoryMax", "infinity")
+    limit = memory_size(int(memory_max)) if memory_max.isdigit() else None
+    return ExitCause(
+        kind="oom_kill",
+        memory_limit=limit,
+        evidence=f"unit {unit} Result=oom-kill, MemoryMax={memory_max}",
+    )
 
 
 class SystemdLauncher:
@@ -126,6 +174,13 @@ class SystemdLauncher:
             await _run(self.systemctl, "--user", "stop", handle.unit_name)
         # Whatever systemd did, confirm the group is empty (and finish the job if not).
         await process.terminate_group(handle.pid, grace_s=grace_s)
+        if handle.unit_name:
+            await self._forget(handle.unit_name)
+
+    async def _forget(self, unit: str) -> None:
+        """Unload a unit that failed (an OOM kill, a crash): what --collect did at once, done
+        once exit_cause has had its chance to read the unit's Result."""
+        await _run(self.systemctl, "--user", "reset-failed", unit)
 
     def is_alive(self, handle: EngineHandle) -> bool:
         return process.is_same_process(handle.pid, handle.create_time)
@@ -138,4 +193,30 @@ class SystemdLauncher:
         # ends them all; the scan after it catches any that left the cgroup.
         if record.unit_name:
             await _run(self.systemctl, "--user", "stop", record.unit_name)
-        return await process.terminate_leftovers(record, grace_s=grace_s)
+        pids = await process.terminate_leftovers(record, grace_s=grace_s)
+        if record.unit_name:
+            await self._forget(record.unit_name)
+        return pids
+
+    async def exit_cause(self, handle: EngineHandle) -> ExitCause | None:
+        """The unit's result once systemd has settled it (the main process may end before
+        systemd has seen the rest of the unit go): `oom-kill` is an OOM kill."""
+        unit = handle.unit_name
+        if not unit:
+            return None
+        argv = [self.systemctl, "--user", "show"]
+        for name in _EXIT_PROPERTIES:
+            argv += ["-p", name]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _RESULT_WAIT_S
+        while True:
+            try:
+                code, output = await _run(*argv, unit)
+            except OSError:
+                return None  # systemctl gone: nothing to say, the exit stays a plain exit
+            properties = parse_unit_properties(output) if code == 0 else {}
+            if unit_settled(properties) or loop.time() >= deadline:
+                break
+            # systemd gives no event to wait on here, and this lasts milliseconds.
+            await asyncio.sleep(_RESULT_POLL_S)
+        return unit_exit_cause(unit, properties)
