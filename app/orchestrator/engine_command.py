@@ -40,6 +40,18 @@ INHERITED_ENV = (
 CUDA_DEVICE_ORDER = "PCI_BUS_ID"
 
 
+# The orchestrator probes every engine's GET /health (readiness, then the health check every
+# few seconds). vLLM writes an access line for each probe, and every line wakes the log watcher
+# and is read and classified: most of the orchestrator's idle CPU with 100 engines
+# (docs/benchmarks.md). vLLM's flag (vLLM 0.16 and later, its PR 30011) leaves out the access
+# lines of exactly these paths and keeps every other request's.
+HEALTH_PROBE_PATH = "/health"
+QUIET_ENDPOINTS_FLAG = "--disable-access-log-for-endpoints"
+_NO_ACCESS_LOG_FLAG = "--disable-uvicorn-access-log"
+# The shortest prefix argparse reads as QUIET_ENDPOINTS_FLAG (`--disable-a` is ambiguous).
+_QUIET_ENDPOINTS_PREFIX = "--disable-acc"
+
+
 @dataclass(frozen=True)
 class EngineCommand:
     argv: list[str]
@@ -63,11 +75,57 @@ def build_argv(
         argv += ["--max-model-len", str(spec.max_model_len)]
     if spec.tensor_parallel_size > 1:
         argv += ["--tensor-parallel-size", str(spec.tensor_parallel_size)]
+    argv += quiet_health_probe_flags(spec.extra_args)
     argv += lora_flags(list(adapters), engine_lora_limits(spec, adapters))
     if spec.sleep_level is not None:
         argv += ["--enable-sleep-mode"]
-    argv += spec.extra_args
-    return argv
+    return argv + with_health_path_quiet(spec.extra_args)
+
+
+def _flag_name(token: str) -> str:
+    """A long flag as vLLM's parser reads it: before any `=`, underscores read as dashes."""
+    name = token.split("=", 1)[0]
+    return "--" + name[2:].replace("_", "-") if name.startswith("--") else name
+
+
+def _is_quiet_endpoints_flag(token: str) -> bool:
+    name = _flag_name(token)
+    return name.startswith(_QUIET_ENDPOINTS_PREFIX) and QUIET_ENDPOINTS_FLAG.startswith(name)
+
+
+def _with_health_path(paths: str) -> str:
+    listed = [path.strip() for path in paths.split(",") if path.strip()]
+    return ",".join(listed if HEALTH_PROBE_PATH in listed else [*listed, HEALTH_PROBE_PATH])
+
+
+def quiet_health_probe_flags(extra_args: Sequence[str]) -> list[str]:
+    """The flag that leaves the orchestrator's probes out of vLLM's access log, unless the
+    spec's extra_args already see to it: `--disable-access-log-for-endpoints` of their own (into
+    which `with_health_path_quiet` merges /health), or `--disable-uvicorn-access-log`, which
+    turns the access log off altogether (and is what a vLLM older than the flag, which refuses
+    it, can be given instead)."""
+    if any(
+        _flag_name(token) == _NO_ACCESS_LOG_FLAG or _is_quiet_endpoints_flag(token)
+        for token in extra_args
+    ):
+        return []
+    return [QUIET_ENDPOINTS_FLAG, HEALTH_PROBE_PATH]
+
+
+def with_health_path_quiet(extra_args: Sequence[str]) -> list[str]:
+    """The spec's extra_args with /health merged into its own `--disable-access-log-for-endpoints`
+    (`/metrics` -> `/metrics,/health`): vLLM keeps only the last value of a repeated flag, so a
+    flag of ours beside it would drop one or the other."""
+    args = list(extra_args)
+    for index, token in enumerate(args):
+        if not _is_quiet_endpoints_flag(token):
+            continue
+        if "=" in token:
+            name, paths = token.split("=", 1)
+            args[index] = f"{name}={_with_health_path(paths)}"
+        elif index + 1 < len(args):
+            args[index + 1] = _with_health_path(args[index + 1])
+    return args
 
 
 def engine_lora_limits(spec: ModelSpec, adapters: Sequence[Adapter]) -> LoraLimits | None:

@@ -9,14 +9,17 @@ Fake flags may also come from the env var FAKE_ENGINE_ARGS (shlex-split, prepend
 spec env can vary its behaviour. The socket is bound only once `--ready-delay-s` has passed, so
 `/health` is refused while "loading", as with a real vLLM. Failure flags print the real vLLM/PyTorch
 messages that the orchestrator's classifier must recognise. Only the standard library is imported so
-that it starts in tens of milliseconds under any Python 3.11+.
+that it starts in tens of milliseconds under any Python 3.11+. Access lines follow vLLM's flags:
+none with `--disable-uvicorn-access-log`, none for the paths of
+`--disable-access-log-for-endpoints` (comma-separated, matched exactly, the query ignored).
 
 Routes: GET /health, GET /v1/models, POST /v1/completions, /v1/chat/completions (both streamed as
 server-sent events with `"stream": true`, a token per `--token-interval-s`), /v1/embeddings,
 GET /fake/state (argv after the program
 name with FAKE_ENGINE_ARGS prepended, env subset, pid, pgid, child_pid, listening_at, ready_at =
-time.time() when /health first answered 200). `--record FILE` writes that state once listening and
-again when /health first answers 200.
+time.time() when /health first answered 200, requests = how many of each path were served, /health
+included). `--record FILE` writes that state once listening and again when /health first answers
+200.
 
 One file on purpose, although long: it runs by path under a bare interpreter with nothing to import.
 """
@@ -107,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lora-modules", nargs="+", default=[])
     parser.add_argument("--max-lora-rank", type=int, default=16)
     parser.add_argument("--enable-sleep-mode", action="store_true")
+    # vLLM's access-log flags (vllm/entrypoints/launchers/cli_args.py, FrontendArgs): no access
+    # line at all, or none for these comma-separated paths (matched exactly, query ignored).
+    parser.add_argument("--disable-uvicorn-access-log", action="store_true")
+    parser.add_argument("--disable-access-log-for-endpoints", default="")
     fake_lora = parser.add_argument_group("fake runtime LoRA")
     fake_lora.add_argument("--lora-load-delay-s", type=float, default=0.0)
     fake = parser.add_argument_group("fake engine behaviour")
@@ -199,6 +206,9 @@ class FakeEngine:
         self.model: str = options.model or options.model_option or "facebook/opt-125m"
         self.served_names: list[str] = options.served_model_name or [self.model]
         self.lora_modules = parse_lora_modules(options.lora_modules)
+        self.quiet_paths = frozenset(
+            path.strip() for path in options.disable_access_log_for_endpoints.split(",")
+        ) - {""}
         self.child_pid: int | None = None
         self.listening_at: float | None = None
         self.ready_at: float | None = None
@@ -342,6 +352,14 @@ class EngineHandler(BaseHTTPRequestHandler):
         if self.server.engine.options.tcp_nodelay:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
 
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        # uvicorn's access line, unless vLLM's access-log flags leave this path out.
+        options = self.server.engine.options
+        path = self.path.split("?", 1)[0]
+        if options.disable_uvicorn_access_log or path in self.server.engine.quiet_paths:
+            return
+        super().log_request(code, size)
+
     def log_message(self, format: str, *args: Any) -> None:
         # uvicorn's access line: `INFO:     127.0.0.1:40000 - "GET /health HTTP/1.1" 200`
         request_line, status = (args[0], args[1]) if len(args) >= 2 else ("-", format % args)
@@ -362,7 +380,8 @@ class EngineHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         engine = self.server.engine
-        if self.path == "/health":
+        if self.path.split("?", 1)[0] == "/health":  # FastAPI ignores a query it does not take
+            engine.count_request("/health")
             if engine.health_failing:
                 self.send_json(503, {"error": "engine unhealthy"})
                 return

@@ -64,6 +64,8 @@ def test_engine_command_argv_order_and_owned_flags() -> None:
         "4096",
         "--tensor-parallel-size",
         "2",
+        "--disable-access-log-for-endpoints",
+        "/health",
         "--enforce-eager",
     ]
 

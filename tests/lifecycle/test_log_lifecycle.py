@@ -1,0 +1,119 @@
+"""What a model judges in its log and what its status says about it.
+
+- A model deleted and created again never inherits the earlier model's log.
+- The orchestrator's own /health probes leave no access line; other requests still do.
+- An engine that the kernel kills for memory (it prints nothing) is `host_oom` with its limit.
+- A failure's message carries the evidence line, the figures it states and the remedy.
+
+The in-memory tier (fake clock and launcher, milliseconds a case) first, then the fake engine as
+a real process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from app.orchestrator.engine_command import build_argv
+from app.orchestrator.spec import ModelSpec
+from tests.conftest import MakeSettings, running_app
+from tests.fakes import http_json, run_fake_engine, wait_until_async
+from tests.lifecycle.helpers import wait_state
+
+
+# -- the same with the fake engine as a real process -----------------------------------------------
+def _spec(model_id: str, fake_flags: str = "", **fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"id": model_id, "model": "/models/tiny", "gpu_memory_util": 0.3}
+    if fake_flags:
+        body["env"] = {"FAKE_ENGINE_ARGS": fake_flags}
+    return {**body, **fields}
+
+
+# -- the access log --------------------------------------------------------------------------------
+def test_log_fake_engine_leaves_out_only_the_paths_vllms_flag_names() -> None:
+    quiet = ["--disable-access-log-for-endpoints", "/health,/metrics"]
+    with run_fake_engine(extra_args=quiet) as engine:
+        engine.wait_ready()
+        for path in ("/health", "/health?probe=1", "/v1/models"):
+            assert http_json("GET", engine.url(path))[0] == 200
+        body = {"model": "fake-model", "prompt": "hi", "max_tokens": 1}
+        assert http_json("POST", engine.url("/v1/completions"), body)[0] == 200
+        engine.wait_log('"POST /v1/completions HTTP/1.1" 200')
+        text = engine.log_text()
+    assert '"GET /v1/models HTTP/1.1" 200' in text
+    assert "GET /health" not in text
+
+
+def test_log_fake_engine_logs_health_probes_without_the_flag() -> None:
+    with run_fake_engine() as engine:
+        engine.wait_ready()
+        engine.wait_log('"GET /health HTTP/1.1" 200')
+
+
+async def test_log_orchestrators_health_probes_leave_no_access_line(
+    make_settings: MakeSettings,
+) -> None:
+    settings = make_settings(health_interval_s=0.05)
+    log = settings.resolved_log_dir / "m.log"
+    async with running_app(settings) as (_app, client):
+        await client.post("/models", json=_spec("m"))
+        await client.post("/models/m/start")
+        status = await wait_state(client, "m", "running")
+        base_url = status["base_url"]
+
+        def probes() -> int:
+            state = http_json("GET", f"{base_url}/fake/state")[1] or {}
+            return int(state.get("requests", {}).get("/health", 0))
+
+        await wait_until_async(lambda: probes() >= 5, 10, what="readiness and health probes")
+        body = {"model": "m", "prompt": "hi", "max_tokens": 1}
+        assert http_json("POST", f"{base_url}/v1/completions", body)[0] == 200
+        line = '"POST /v1/completions HTTP/1.1" 200'
+        await wait_until_async(lambda: line in log.read_text(), 10)
+
+        assert "GET /health" not in log.read_text()
+        await client.post("/models/m/stop?wait=true")
+
+
+# -- the engine's argv keeps the probes out of the access log -------------------------------------
+def _argv(extra_args: list[str]) -> list[str]:
+    spec = ModelSpec(id="m", model="x", extra_args=extra_args)
+    return build_argv(
+        spec, base_command=["vllm", "serve"], model_path="/m", host="h", port=1, adapters=()
+    )
+
+
+def test_engine_argv_keeps_health_probes_out_of_the_access_log() -> None:
+    argv = _argv(["--enforce-eager"])
+
+    flag = argv.index("--disable-access-log-for-endpoints")
+    assert argv[flag + 1] == "/health" and argv[-1] == "--enforce-eager"
+
+
+@pytest.mark.parametrize(
+    ("extra_args", "merged"),
+    [
+        (["--disable-access-log-for-endpoints", "/metrics"], ["/metrics,/health"]),
+        (["--disable-access-log-for-endpoints=/metrics,/ping"], ["=/metrics,/ping,/health"]),
+        (["--disable_access_log_for_endpoints", "/health,/metrics"], ["/health,/metrics"]),
+        (["--disable-access-log-for", "/metrics"], ["/metrics,/health"]),  # argparse prefix
+    ],
+)
+def test_engine_argv_merges_health_into_the_operators_own_quiet_paths(
+    extra_args: list[str], merged: list[str]
+) -> None:
+    """vLLM keeps the last of a repeated flag: a second flag of ours would undo the operator's
+    (or the operator's ours), so /health joins the operator's list instead."""
+    argv = _argv(extra_args)
+
+    assert sum(token.startswith("--disable") for token in argv) == 1
+    assert argv[-1].endswith(merged[0])
+
+
+def test_engine_argv_adds_nothing_when_the_access_log_is_off() -> None:
+    """--disable-uvicorn-access-log silences every access line (and runs a vLLM older than
+    --disable-access-log-for-endpoints, which would refuse that flag)."""
+    argv = _argv(["--disable-uvicorn-access-log"])
+
+    assert "--disable-access-log-for-endpoints" not in argv
