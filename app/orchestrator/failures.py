@@ -32,9 +32,13 @@ DETERMINISTIC_KINDS = frozenset({FailureKind.KV_CACHE_INSUFFICIENT, FailureKind.
 
 REMEDIES: dict[FailureKind, str] = {
     FailureKind.KV_CACHE_INSUFFICIENT: (
-        "The KV cache cannot hold one request of max_model_len tokens; restarting with the same "
-        "settings fails the same way. Raise gpu_memory_util or lower max_model_len (on vLLM's CPU "
-        "backend, raise VLLM_CPU_KVCACHE_SPACE)."
+        "The KV cache cannot hold one request of max_model_len tokens, or cannot be allocated at "
+        "the size asked for; restarting with the same settings fails the same way. Raise "
+        "gpu_memory_util or lower max_model_len, or size the KV cache yourself with "
+        "--kv-cache-memory-bytes in extra_args. On vLLM's CPU backend the KV cache is "
+        "--kv-cache-memory-bytes or env VLLM_CPU_KVCACHE_SPACE (GiB; it overrides the flag): "
+        "raise it when one request does not fit, lower it when the node has less memory "
+        "available than it asks for."
     ),
     FailureKind.GPU_OOM: (
         "The GPU ran out of memory. Lower gpu_memory_util, max_num_seqs or max_model_len, or "

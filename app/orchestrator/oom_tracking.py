@@ -39,6 +39,12 @@ class OomFound:
     evidence: str
     figures: OomFigures = field(default_factory=OomFigures)
 
+    @property
+    def evidence_with_figures(self) -> str:
+        """The evidence line, followed by the figures it states (`[needed 2.00 GiB, ...]`)."""
+        summary = self.figures.summary()
+        return f"{self.evidence} [{summary}]" if summary else self.evidence
+
 
 @dataclass(frozen=True)
 class _Chunk:

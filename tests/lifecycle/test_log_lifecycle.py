@@ -11,15 +11,64 @@ a real process.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.orchestrator.engine_command import build_argv
+from app.orchestrator.failures import FailureKind
+from app.orchestrator.lifecycle import ModelState
 from app.orchestrator.spec import ModelSpec
 from tests.conftest import MakeSettings, running_app
 from tests.fakes import http_json, run_fake_engine, wait_until_async
 from tests.lifecycle.helpers import wait_state
+from tests.lifecycle.memory_harness import MemoryWorld, fixture_log, memory_world
+
+KV_FIGURES = (
+    "[needed 4.54 GiB, available 1.71 GiB (max_model_len 131072, about 49152 fits); change "
+    "gpu_memory_util or max_model_len]"
+)
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[MemoryWorld]:
+    async with memory_world(tmp_path) as built:
+        yield built
+
+
+# -- the figures and the remedy in the message -----------------------------------------------------
+async def test_log_kv_cache_failure_message_has_evidence_figures_and_remedy(
+    world: MemoryWorld,
+) -> None:
+    await world.add("m")
+    await world.start("m")
+    world.launcher.latest("m").write_log(fixture_log("kv_cache_max_seq_len.log"))
+    await world.crash("m")
+
+    status = world.status("m")
+    assert status.state == ModelState.DEGRADED
+    message = status.last_failure_message or ""
+    assert message.startswith("kv_cache_insufficient: ")
+    assert "ValueError: To serve at least one request with the models's max seq len" in message
+    assert KV_FIGURES in message
+    assert "--kv-cache-memory-bytes" in message and "VLLM_CPU_KVCACHE_SPACE" in message
+
+
+async def test_log_failure_found_at_adoption_has_the_same_figures(world: MemoryWorld) -> None:
+    """An engine that printed the KV cache error and died while the orchestrator was down."""
+    spec = world.spec("m")
+    world.ctx.log_path("m").write_text("\n".join(fixture_log("kv_cache_max_seq_len.log")) + "\n")
+    status = await world.recorded(
+        spec, state="starting", desired_state="running", pid=4242, launch_token="run-1"
+    )
+
+    await world.adopt(spec, status)
+
+    status = world.status("m")
+    assert status.last_failure_kind == FailureKind.KV_CACHE_INSUFFICIENT
+    assert KV_FIGURES in (status.last_failure_message or "")
 
 
 # -- the same with the fake engine as a real process -----------------------------------------------

@@ -43,7 +43,7 @@ async def adopt(driver: EngineDriver) -> None:
         now=driver.ctx.clock.now(),
         recorded_pid=record.pid,
         alive=alive,
-        log_failure=(found.kind, found.evidence) if found is not None else None,
+        log_failure=(found.kind, found.evidence_with_figures) if found is not None else None,
         start_timeout_s=driver.start_timeout_s(),
     )
     await carry_out(driver, plan_adoption(facts))

@@ -133,7 +133,7 @@ class EngineDriver:
     async def read_log(self) -> None:
         found = await self.oom.read(run_token=self.run.launch_token if self.run else None)
         if found is not None and self.run is not None:
-            await self.fail(found.kind, f"{found.kind.value}: {found.evidence}")
+            await self.fail(found.kind, f"{found.kind.value}: {found.evidence_with_figures}")
 
     async def fail(self, kind: FailureKind, detail: str) -> None:
         run, self.run = self.run, None
