@@ -10,12 +10,20 @@ reads and classifies one bounded chunk in a worker thread (`asyncio.to_thread`) 
 the first OOM found, so memory does not grow with the backlog and the loop runs between chunks.
 What a running engine appends between two wakes (a health probe's access line) is a few hundred
 bytes: that is read on the loop, where it costs microseconds and a thread hop would cost more.
+
+A model never judges lines written before it existed. A deleted model leaves its log at the
+path a new model of the same id will use; the tracker of a model that has neither launched nor
+read its log moves such a file aside (`<id>.log.deleted-<time of its last line>`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.orchestrator.failures import FailureKind
@@ -25,6 +33,9 @@ from app.orchestrator.oom import LogScanner, OomFigures, OomMatch
 if TYPE_CHECKING:
     from app.orchestrator.lifecycle.context import RunContext
     from app.orchestrator.lifecycle.status_writer import StatusWriter
+    from app.store.tables import StatusRow
+
+logger = logging.getLogger(__name__)
 
 # Appended bytes read on the event loop itself; more go to a worker thread, chunk by chunk.
 _INLINE_READ_BYTES = 16 * 1024
@@ -60,9 +71,10 @@ class OomTracker:
         self.ctx = ctx
         self.writer = writer
         status = writer.status
-        self.follower = LogFollower(
-            ctx.log_path(model_id), offset=status.log_offset, inode=status.log_inode
-        )
+        path = ctx.log_path(model_id)
+        if _has_lines(path) and _never_read(status):
+            _claim(path, status)
+        self.follower = LogFollower(path, offset=status.log_offset, inode=status.log_inode)
         self.scanner = LogScanner()
         self._saved_at = ctx.clock.monotonic()
         self._saved = (status.log_offset, status.log_inode)
@@ -149,3 +161,60 @@ class OomTracker:
     def flush(self) -> None:
         if self._offset_changed():
             self._save_offset()
+
+
+def _has_lines(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
+
+
+def _never_read(status: StatusRow) -> bool:
+    """A model that has neither launched an engine nor read its log (a new one): whatever is
+    at its log path was written before it existed."""
+    return (
+        status.launch_token is None
+        and status.pid is None
+        and status.log_inode is None
+        and status.log_offset == 0
+    )
+
+
+def _claim(path: Path, status: StatusRow) -> None:
+    """Keep a new model from judging an earlier model's log: a deleted model of the same id
+    left `m.log` (its OOM traceback) behind. It is moved aside, still readable; where it cannot
+    be, reading starts at its end instead."""
+    try:
+        moved = set_aside(path)
+    except OSError as error:
+        try:
+            found = path.stat()
+        except OSError:
+            return
+        logger.warning("%s: reading from its end, cannot move it aside: %s", path, error)
+        status.log_offset, status.log_inode = found.st_size, found.st_ino
+        return
+    if moved is not None:
+        logger.info("%s was written before this model existed: moved to %s", path, moved)
+
+
+def set_aside(path: Path) -> Path | None:
+    """Move a log left by an earlier model of the same id (deleted, then created again) out of
+    the new model's way, to `<name>.deleted-<UTC time of its last line>`: still there to read,
+    never judged as the new model's. Returns where it went; None when there was nothing to move
+    (no file, an empty one). OSError when it cannot be moved."""
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return None
+    if found.st_size == 0:
+        return None
+    stamp = datetime.fromtimestamp(found.st_mtime, UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.deleted-{stamp}")
+    copy = 1
+    while target.exists():  # a second earlier model whose last line fell in the same second
+        copy += 1
+        target = path.with_name(f"{path.name}.deleted-{stamp}-{copy}")
+    os.rename(path, target)
+    return target

@@ -20,22 +20,70 @@ import pytest
 from app.orchestrator.engine_command import build_argv
 from app.orchestrator.failures import FailureKind
 from app.orchestrator.lifecycle import ModelState
-from app.orchestrator.spec import ModelSpec
+from app.orchestrator.lifecycle.messages import LogGrew
+from app.orchestrator.spec import ModelSpec, RestartPolicy
 from tests.conftest import MakeSettings, running_app
 from tests.fakes import http_json, run_fake_engine, wait_until_async
-from tests.lifecycle.helpers import wait_state
+from tests.lifecycle.helpers import wait_state, wait_status
 from tests.lifecycle.memory_harness import MemoryWorld, fixture_log, memory_world
 
 KV_FIGURES = (
     "[needed 4.54 GiB, available 1.71 GiB (max_model_len 131072, about 49152 fits); change "
     "gpu_memory_util or max_model_len]"
 )
+NO_RESTART = {"max_restarts": 0}
 
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[MemoryWorld]:
     async with memory_world(tmp_path) as built:
         yield built
+
+
+# -- a model deleted and created again -------------------------------------------------------------
+async def test_log_recreated_model_never_judges_the_deleted_models_log(world: MemoryWorld) -> None:
+    await world.add("m", restart_policy=RestartPolicy(max_restarts=0))
+    await world.run("m")
+    world.launcher.latest("m").write_log(fixture_log("gpu_oom_load.log"))
+    await world.crash("m")
+    assert world.status("m").last_failure_kind == FailureKind.GPU_OOM
+    assert (await world.orchestrator.delete_model("m", force=True)).error is None
+
+    await world.add("m")
+    await world.run("m")
+    world.launcher.latest("m").write_log(["INFO 07-10 09:00:00 [api_server.py:1090] serving"])
+    world.supervisor("m").post(LogGrew())
+    await world.settle()
+
+    status = world.status("m")
+    assert status.state == ModelState.RUNNING
+    assert (status.ooms_total, status.last_failure_kind) == (0, None)
+    log = world.ctx.log_path("m")
+    [earlier] = log.parent.glob("m.log.deleted-*")
+    assert "CUDA out of memory" in earlier.read_text()  # kept, readable
+    assert "CUDA out of memory" not in log.read_text()
+    assert world.ctx.metrics.registry.get_sample_value(
+        "gpu_orchestrator_vllm_ooms_total", {"model": "m"}
+    ) in (None, 0.0)
+
+
+async def test_log_model_that_ran_keeps_its_log_after_a_restart_of_the_orchestrator(
+    world: MemoryWorld,
+) -> None:
+    """Only a model that never launched nor read its log sets a file aside: an OOM its engine
+    printed while the orchestrator was down is still its own."""
+    spec = world.spec("m")
+    log = world.ctx.log_path("m")
+    log.write_text("\n".join(fixture_log("gpu_oom_load.log")) + "\n")
+    status = await world.recorded(
+        spec, state="running", desired_state="running", pid=4242, launch_token="run-1", port=30001
+    )
+
+    await world.adopt(spec, status)
+
+    assert world.status("m").last_failure_kind == FailureKind.GPU_OOM
+    assert world.status("m").ooms_total == 1
+    assert list(log.parent.glob("m.log.deleted-*")) == []
 
 
 # -- the figures and the remedy in the message -----------------------------------------------------
@@ -77,6 +125,37 @@ def _spec(model_id: str, fake_flags: str = "", **fields: Any) -> dict[str, Any]:
     if fake_flags:
         body["env"] = {"FAKE_ENGINE_ARGS": fake_flags}
     return {**body, **fields}
+
+
+def _tracker_offset(app: Any, model_id: str) -> int:
+    offset: int = app.state.services.orchestrator.supervisors[model_id].engine.oom.follower.offset
+    return offset
+
+
+async def test_log_recreated_model_runs_healthy_with_the_fake_engine(
+    make_settings: MakeSettings,
+) -> None:
+    settings = make_settings()
+    log = settings.resolved_log_dir / "m.log"
+    async with running_app(settings) as (app, client):
+        first = _spec("m", "--oom-kind gpu_oom --oom-after-s 0.2", restart_policy=NO_RESTART)
+        assert (await client.post("/models", json=first)).status_code == 201
+        await client.post("/models/m/start")
+        await wait_status(client, "m", lambda s: (s["last_failure"] or {}).get("kind") == "gpu_oom")
+        assert (await client.delete("/models/m")).status_code == 204
+
+        assert (await client.post("/models", json=_spec("m"))).status_code == 201
+        await client.post("/models/m/start")
+        status = await wait_state(client, "m", "running")
+        # Every line of the new file judged, the engine's start-up included.
+        await wait_until_async(lambda: _tracker_offset(app, "m") == log.stat().st_size, 10)
+
+        status = (await client.get("/models/m")).json()["status"]
+        assert status["state"] == "running"
+        assert (status["ooms_total"], status["last_failure"]) == (0, None)
+        [earlier] = log.parent.glob("m.log.deleted-*")
+        assert "CUDA out of memory" in earlier.read_text()
+        await client.post("/models/m/stop?wait=true")
 
 
 # -- the access log --------------------------------------------------------------------------------
