@@ -119,6 +119,12 @@ class OomTracker:
                 first = match
         return _Chunk(read_any=bool(lines), match=first)
 
+    def count_exit(self, found: OomFound, *, run_token: str) -> None:
+        """Count an OOM that the log cannot show (the kernel's OOM killer leaves no line), once
+        per run like one found in the log."""
+        if self.writer.status.notes.get("oom_counted_token") != run_token:
+            self._count(found, run_token)
+
     def _countable(self, match: OomMatch | None, run_token: str | None) -> OomFound | None:
         if match is None or run_token is None:
             return None

@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument("--health-fail-after-s", type=float)
     fake.add_argument("--exit-after-s", type=float)
     fake.add_argument("--close-log", action="store_true")
+    fake.add_argument(
+        "--grow-memory-after-s",
+        type=float,
+        help="then allocate memory without end, until the kernel's OOM killer ends the process "
+        "at its cgroup's limit (it prints nothing, as a real OOM kill)",
+    )
     fake.add_argument("--record", metavar="FILE")
     fake.add_argument(
         "--token-interval-s",
@@ -305,6 +311,14 @@ class FakeEngine:
 
     def start_failing_health(self) -> None:
         self.health_failing = True
+
+    def grow_memory(self) -> None:
+        """Allocate 16 MiB after 16 MiB, each page written so that it is really resident."""
+        chunks = []
+        while True:
+            chunk = bytearray(16 * 2**20)
+            chunk[:: 2**12] = b"\x01" * (len(chunk) // 2**12)
+            chunks.append(chunk)
 
     def after(self, delay_s: float, action: Callable[..., object], *args: object) -> None:
         """Run `action(*args)` in `delay_s` seconds on a daemon thread."""
@@ -689,6 +703,8 @@ def serve(engine: FakeEngine) -> None:
         engine.after(options.health_fail_after_s, engine.start_failing_health)
     if options.exit_after_s is not None:
         engine.after(options.exit_after_s, engine.engine_core_died)
+    if options.grow_memory_after_s is not None:
+        engine.after(options.grow_memory_after_s, engine.grow_memory)
     server.serve_forever()
 
 

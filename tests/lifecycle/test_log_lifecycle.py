@@ -11,21 +11,28 @@ a real process.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from app.orchestrator.engine_command import build_argv
 from app.orchestrator.failures import FailureKind
+from app.orchestrator.launchers.base import ExitCause
 from app.orchestrator.lifecycle import ModelState
 from app.orchestrator.lifecycle.messages import LogGrew
 from app.orchestrator.spec import ModelSpec, RestartPolicy
 from tests.conftest import MakeSettings, running_app
-from tests.fakes import http_json, run_fake_engine, wait_until_async
+from tests.fakes import free_port, http_json, run_fake_engine, wait_until, wait_until_async
+from tests.fakes.memory import LaunchScript
 from tests.lifecycle.helpers import wait_state, wait_status
 from tests.lifecycle.memory_harness import MemoryWorld, fixture_log, memory_world
+from tests.lifecycle.orchestrator_process import SERVE, OrchestratorProcess, orchestrator_env
+from tests.unit.test_exit_cause import limited_memory_cgroup
 
 KV_FIGURES = (
     "[needed 4.54 GiB, available 1.71 GiB (max_model_len 131072, about 49152 fits); change "
@@ -119,6 +126,39 @@ async def test_log_failure_found_at_adoption_has_the_same_figures(world: MemoryW
     assert KV_FIGURES in (status.last_failure_message or "")
 
 
+# -- killed by the kernel for memory ---------------------------------------------------------------
+async def test_log_oom_kill_the_launcher_reports_is_host_oom_with_the_limit(
+    world: MemoryWorld,
+) -> None:
+    cause = ExitCause("oom_kill", "48 GiB", "unit vllm-m.service Result=oom-kill")
+    world.launcher.script(LaunchScript(exit_cause=cause))
+    await world.add("m")
+    await world.run("m")
+
+    await world.crash("m", code=-9)
+
+    status = world.status("m")
+    assert status.last_failure_kind == FailureKind.HOST_OOM
+    message = status.last_failure_message or ""
+    assert message.startswith("host_oom: killed by the kernel's OOM killer at its memory limit")
+    assert "48 GiB" in message and "Result=oom-kill" in message
+    assert "Raise memory_max" in message  # the remedy
+    assert status.ooms_total == 1
+    [oom] = await world.events(kind="oom")
+    assert oom.data is not None and oom.data["figures"] == {"total": "48 GiB"}
+    assert status.state == ModelState.FAILED  # a restart may fix it: backoff, not degraded
+
+
+async def test_log_plain_exit_stays_an_exit(world: MemoryWorld) -> None:
+    await world.add("m")
+    await world.run("m")
+
+    await world.crash("m", code=1)
+
+    status = world.status("m")
+    assert (status.last_failure_kind, status.ooms_total) == (FailureKind.EXIT, 0)
+
+
 # -- the same with the fake engine as a real process -----------------------------------------------
 def _spec(model_id: str, fake_flags: str = "", **fields: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"id": model_id, "model": "/models/tiny", "gpu_memory_util": 0.3}
@@ -202,6 +242,59 @@ async def test_log_orchestrators_health_probes_leave_no_access_line(
 
         assert "GET /health" not in log.read_text()
         await client.post("/models/m/stop?wait=true")
+
+
+# -- the kernel's OOM killer in a container with a memory limit ------------------------------------
+def _serve_in(cgroup: Path, state_dir: Path) -> OrchestratorProcess:
+    """The orchestrator as a process inside `cgroup`, as in a container with a memory limit:
+    the engines it starts inherit it."""
+    procs, port = cgroup / "cgroup.procs", free_port()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with (state_dir / "orchestrator.log").open("ab") as log:
+        process = subprocess.Popen(
+            [*SERVE, "--port", str(port), "--log-level", "warning"],
+            env=orchestrator_env(state_dir),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=Path(__file__).resolve().parents[2],
+            # Joins the cgroup between fork and exec.
+            preexec_fn=lambda: procs.write_text(str(os.getpid())),
+        )
+    return OrchestratorProcess(process, port)
+
+
+def _ready(orchestrator: OrchestratorProcess) -> bool:
+    try:
+        return orchestrator.client.get("/readyz").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _failure_kind(orchestrator: OrchestratorProcess) -> str | None:
+    failure = orchestrator.status("m")["last_failure"] or {}
+    return failure.get("kind")
+
+
+def test_log_engine_killed_at_the_containers_memory_limit_is_host_oom(tmp_path: Path) -> None:
+    """The subprocess launcher, the real kernel: the engine allocates until the OOM killer ends
+    it at the cgroup's limit, printing nothing."""
+    with limited_memory_cgroup(768 * 2**20) as cgroup:
+        orchestrator = _serve_in(cgroup, tmp_path)
+        try:
+            wait_until(lambda: _ready(orchestrator), 30, what="orchestrator ready")
+            spec = _spec("m", "--grow-memory-after-s 0.2", restart_policy=NO_RESTART)
+            orchestrator.client.post("/models", json=spec).raise_for_status()
+            orchestrator.client.post("/models/m/start")
+            wait_until(lambda: _failure_kind(orchestrator) == "host_oom", 60, what="host_oom")
+            status = orchestrator.status("m")
+        finally:
+            orchestrator.kill()
+            orchestrator.client.close()
+    message = status["last_failure"]["message"]
+    assert "killed by the kernel's OOM killer at its memory limit of 768 MiB" in message
+    assert "oom_kill 0 -> 1" in message
+    assert status["ooms_total"] == 1
 
 
 # -- the engine's argv keeps the probes out of the access log -------------------------------------

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -105,9 +106,48 @@ async def test_systemd_launcher_refusal_is_a_launch_failure(
         assert os.environ["FAKE_SYSTEMD_DIR"] == str(state)
 
 
+def _oom_kill(unit: str) -> None:
+    """The kernel kills the unit at its MemoryMax=, systemd records it (the fake does both)."""
+    done = subprocess.run(
+        [sys.executable, str(FAKE), "oom-kill", unit], capture_output=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def _failure_kind(status: dict[str, Any]) -> str | None:
     failure = status["last_failure"] or {}
     return failure.get("kind")
+
+
+async def test_systemd_launcher_oom_kill_at_memory_max_is_host_oom_with_the_limit(
+    make_settings: MakeSettings, fake_systemd: tuple[Path, SystemdLauncher]
+) -> None:
+    state, launcher = fake_systemd
+    async with running_app(make_settings(), Overrides(launcher=launcher)) as (_app, client):
+        body = {
+            "id": "tiny",
+            "model": "/models/tiny",
+            "gpu_memory_util": 0.3,
+            "memory_max": "48G",
+            "restart_policy": {"max_restarts": 0},
+        }
+        await client.post("/models", json=body)
+        await client.post("/models/tiny/start")
+        await wait_state(client, "tiny", "running")
+
+        _oom_kill("vllm-tiny.service")
+        status = await wait_status(
+            client, "tiny", lambda s: _failure_kind(s) == "host_oom", what="host_oom"
+        )
+
+        message = status["last_failure"]["message"]
+        assert "killed by the kernel's OOM killer at its memory limit of 48 GiB" in message
+        assert "unit vllm-tiny.service Result=oom-kill, MemoryMax=51539607552" in message
+        assert status["ooms_total"] == 1
+        # Read, then let go, as --collect would have.
+        calls = _calls(state)
+        read = max(index for index, call in enumerate(calls) if "Result" in call)
+        assert ["ctl", "--user", "reset-failed", "vllm-tiny.service"] in calls[read:]
 
 
 async def test_systemd_launcher_engine_that_dies_otherwise_is_a_plain_exit(

@@ -24,7 +24,8 @@ from app.orchestrator.lifecycle.run_watch import watch_run
 from app.orchestrator.lifecycle.states import DesiredState, ModelState
 from app.orchestrator.lifecycle.status_writer import StatusWriter
 from app.orchestrator.lora import AdapterError, LoraLimits
-from app.orchestrator.oom_tracking import OomTracker
+from app.orchestrator.oom import OomFigures
+from app.orchestrator.oom_tracking import OomFound, OomTracker
 from app.orchestrator.spec import ModelSpec
 
 CLEARED_ENGINE: dict[str, Any] = {
@@ -123,11 +124,23 @@ class EngineDriver:
     async def on_exit(self, code: int | None) -> None:
         # An OOM printed just before the exit must be attributed to it: read the log to its end.
         await self.read_log()
-        if self.run is None:
+        run = self.run
+        if run is None:
             return  # the OOM in the log already failed this run
+        # The kernel's OOM killer leaves no line in the log: what ran the engine may know.
+        cause = await self.ctx.launcher.exit_cause(run.handle)
         was = self.writer.status.state
         tail = " | ".join(self.ctx.log_tail(self.model_id, 5))
         detail = f"engine exited with code {code} while {was}; log tail: {tail}"
+        if cause is not None and cause.kind == "oom_kill":
+            evidence = cause.describe()
+            figures = OomFigures(total=cause.memory_limit)
+            found = OomFound(FailureKind.HOST_OOM, evidence, figures)
+            self.oom.count_exit(found, run_token=run.launch_token)
+            await self.fail(
+                FailureKind.HOST_OOM, f"{FailureKind.HOST_OOM.value}: {evidence}; {detail}"
+            )
+            return
         await self.fail(FailureKind.EXIT, detail)
 
     async def read_log(self) -> None:
