@@ -74,8 +74,12 @@ async def _running(client: httpx.AsyncClient, *, restarts: int) -> int:
 
 
 async def _oom_counted(client: httpx.AsyncClient, count: int) -> dict[str, Any]:
+    # The count and the failure it belongs to are two writes of one step: wait for both.
     status = await wait_status(
-        client, "tiny", lambda s: s["ooms_total"] == count, what=f"{count} OOMs counted"
+        client,
+        "tiny",
+        lambda s: s["ooms_total"] == count and s["last_failure"] is not None,
+        what=f"{count} OOMs counted",
     )
     assert status["last_failure"]["kind"] == "gpu_oom", status["last_failure"]
     return status
