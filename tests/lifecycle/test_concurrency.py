@@ -116,7 +116,13 @@ def _kill_mid(state_dir: Path, fake_flags: str, verb: str, mid_state: str) -> No
 
         sender = threading.Thread(target=send)
         sender.start()
-        wait_until(lambda: first.status("tiny")["state"] == mid_state, 20, what=mid_state)
+
+        def mid() -> bool:
+            # Killed mid-start means after the spawn: the engine exists and is recorded.
+            status = first.status("tiny")
+            return bool(status["state"] == mid_state and status["pid"] is not None)
+
+        wait_until(mid, 20, what=mid_state)
         first.kill()
         sender.join()
 
