@@ -338,3 +338,47 @@ def test_engine_argv_adds_nothing_when_the_access_log_is_off() -> None:
     argv = _argv(["--disable-uvicorn-access-log"])
 
     assert "--disable-access-log-for-endpoints" not in argv
+
+
+# -- the real engine -------------------------------------------------------------------------------
+@pytest.mark.engine
+async def test_log_real_vllm_logs_requests_but_not_the_probes(make_settings: MakeSettings) -> None:
+    """vLLM's CPU build on the tiny model: hundreds of readiness probes while it loads, then the
+    health check, and not one access line for them; a completion is still logged."""
+    engine_python = os.environ.get("GPU_ORCH_TEST_ENGINE_PYTHON")
+    tiny_model = os.environ.get("GPU_ORCH_TEST_TINY_MODEL")
+    if not engine_python or not tiny_model:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the real-engine tests: run them through `make test`")
+        pytest.skip("set by `make test`: GPU_ORCH_TEST_ENGINE_PYTHON and GPU_ORCH_TEST_TINY_MODEL")
+    settings = make_settings(
+        vllm_command=[engine_python, "-m", "vllm.entrypoints.openai.api_server", "--model"],
+        engine_env={"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"},
+        model_store_root=Path(tiny_model),
+        start_timeout_s=300,
+        stop_grace_s=20,
+        health_interval_s=0.2,
+    )
+    spec = {
+        "id": "tiny",
+        "model": str(Path(tiny_model) / "model"),
+        "dtype": "float32",
+        "gpu_memory_util": 0.5,
+        "max_model_len": 256,
+    }
+    log = settings.resolved_log_dir / "tiny.log"
+    async with running_app(settings) as (_app, client):
+        assert (await client.post("/models", json=spec)).status_code == 201
+        await client.post("/models/tiny/start")
+        status = await wait_state(client, "tiny", "running", timeout_s=300)
+        body = {"model": "tiny", "prompt": "the orchestrator", "max_tokens": 2, "temperature": 0}
+        async with httpx.AsyncClient(base_url=status["base_url"], timeout=60) as engine:
+            for _ in range(5):  # a few health checks' worth of time, and a model list
+                assert (await engine.get("/v1/models")).status_code == 200
+            assert (await engine.post("/v1/completions", json=body)).status_code == 200
+        line = '"POST /v1/completions HTTP/1.1" 200'
+        await wait_until_async(lambda: line in log.read_text(), 30)
+        text = log.read_text()
+        await client.post("/models/tiny/stop?wait=true")
+    assert '"GET /v1/models HTTP/1.1" 200' in text
+    assert "GET /health" not in text

@@ -123,6 +123,7 @@ async def test_sharing_busy_and_higher_priority_engines_are_not_evicted(
             if await busy_in_flight():
                 break
             await asyncio.sleep(0.02)
+        assert await busy_in_flight()  # the stream is being served when "late" asks
         # While "busy" serves, the start waits; once it is idle it is evicted and "late" runs.
         answer = await _ask(client, "late")
         stream = await streaming
