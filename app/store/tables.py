@@ -41,6 +41,8 @@ class ModelRow(SQLModel, table=True):
     idle_timeout_s: float | None = None
     priority: int = 0
     sleep_level: int | None = None
+    node: str | None = Field(default=None, max_length=63)
+    failover: bool = True
     source: str = Field(default="api", description="api, or manifest:<file>")
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
@@ -80,6 +82,8 @@ class StatusRow(SQLModel, table=True):
     log_offset: int = 0
     log_inode: int | None = None
     restart_needed: bool = False
+    # The node whose engine this status describes (where it runs, or last ran).
+    node: str | None = Field(default=None, max_length=63)
     notes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
@@ -97,3 +101,43 @@ class EventRow(SQLModel, table=True):
     to_state: str | None = None
     reason: str = ""
     data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class ClusterRow(SQLModel, table=True):
+    """The one row naming this database's cluster (engines carry it, to be told apart)."""
+
+    __tablename__ = "cluster"
+
+    id: str = Field(primary_key=True, max_length=36)
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class NodeRow(SQLModel, table=True):
+    """One orchestrator per node: who holds the node's name, its GPUs and its heartbeat."""
+
+    __tablename__ = "nodes"
+
+    name: str = Field(primary_key=True, max_length=63)
+    url: str | None = None
+    instance: str = Field(max_length=36, description="the process holding the name")
+    pid: int
+    host: str
+    started_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    heartbeat_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    gpus: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+
+
+class LeaseRow(SQLModel, table=True):
+    """Which node may act on a model: launch its engine, write its status and spec."""
+
+    __tablename__ = "leases"
+    __table_args__ = (Index("ix_leases_node", "node"),)
+
+    model_id: str = Field(primary_key=True, foreign_key="models.id", ondelete="CASCADE")
+    node: str = Field(max_length=63)
+    epoch: int = Field(description="bumped by every change of holder: a fencing token")
+    acquired_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
