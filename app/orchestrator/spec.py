@@ -239,6 +239,18 @@ class ModelSpecBase(BaseModel):
         description="vLLM sleep mode for idle unload and eviction: 1 keeps the weights in host "
         "memory (wakes in seconds), 2 drops them (reloads them on wake). Null: stop instead.",
     )
+    node: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Run only on this node (its GPU_ORCH_NODE_NAME). Null: a start places it on "
+        "a node with headroom.",
+    )
+    failover: bool = Field(
+        default=True,
+        description="When its node stops heartbeating, start it on another node with headroom.",
+    )
     max_loras: int | None = Field(
         default=None,
         ge=1,
