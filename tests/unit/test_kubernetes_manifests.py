@@ -138,6 +138,52 @@ def test_kubectl_kustomize_renders_the_listed_resources_valid() -> None:
         kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
 
 
+def overlay_example() -> str:
+    """The overlay that kustomization.yaml's opening comment shows, uncommented."""
+    lines = KUSTOMIZATION.read_text(encoding="utf-8").splitlines()
+    start = lines.index("#   # my-cluster/kustomization.yaml") + 1
+    example = []
+    for line in lines[start:]:
+        if not line.startswith("#"):
+            break
+        example.append(line.removeprefix("#   "))
+    return "\n".join(example) + "\n"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+def test_kubectl_kustomize_renders_the_documented_overlay(tmp_path: Path) -> None:
+    shutil.copytree(K8S_DIR, tmp_path / "gpu-orchestrator" / "deploy" / "kubernetes")
+    overlay = tmp_path / "my-cluster"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(overlay_example(), encoding="utf-8")
+    (overlay / "secrets.env").write_text(
+        "api-token=t0ken\npostgres-password=pw\ndatabase-url=postgresql+psycopg://u:pw@db:5432/g\n",
+        encoding="utf-8",
+    )
+
+    result = subprocess.run(
+        ["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, timeout=120
+    )
+
+    assert result.returncode == 0, result.stderr
+    rendered = {
+        (doc["kind"], doc["metadata"]["name"]): doc
+        for doc in yaml.safe_load_all(result.stdout)
+        if doc
+    }
+    assert ("StatefulSet", "postgres") not in rendered
+    secret = rendered[("Secret", "gpu-orchestrator")]
+    # Replaced whole: a stringData left from the placeholder would win over data on apply.
+    assert "stringData" not in secret and set(secret["data"]) >= {"api-token", "database-url"}
+    daemonset = rendered[("DaemonSet", "gpu-orchestrator")]
+    (orchestrator_container,) = pod_spec(daemonset)["containers"]
+    assert orchestrator_container["resources"]["limits"]["nvidia.com/gpu"] == 8
+    images = [c["image"] for c in pod_spec(daemonset)["initContainers"] + [orchestrator_container]]
+    assert all(image.startswith("registry.example.com/") for image in images), images
+    for resource in rendered.values():
+        kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
+
+
 def test_daemonset_takes_gpus_on_gpu_nodes_without_cpu_or_memory_limits() -> None:
     daemonset = find("DaemonSet", "gpu-orchestrator")
     resources = orchestrator()["resources"]
