@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import Engine, engine_from_config, pool
+from sqlalchemy import Connection, Engine, engine_from_config, pool, text
 from sqlmodel import SQLModel
 
 import app.store.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 config = context.config
 target_metadata = SQLModel.metadata
+# pg_advisory_xact_lock's key for "migrating this database" (any constant all versions share).
+PG_MIGRATION_LOCK_KEY = 0x6770755F6F7263  # "gpu_orc"
+
+
+def _serialise_migrations(connection: Connection) -> None:
+    """On PostgreSQL, several orchestrators (nodes) may start at once on one database: each
+    waits here until the one migrating has committed, then finds the schema at head. A SQLite
+    file has one orchestrator at most (app/store/instance_lock.py)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK_KEY}
+        )
 
 
 def run_migrations_offline() -> None:
@@ -36,6 +48,7 @@ def run_migrations_online() -> None:
             connection=connection, target_metadata=target_metadata, render_as_batch=True
         )
         with context.begin_transaction():
+            _serialise_migrations(connection)  # held until this transaction ends
             context.run_migrations()
 
 

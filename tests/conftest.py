@@ -1,4 +1,11 @@
-"""Shared fixtures: an app on a temporary SQLite file, driven through httpx."""
+"""Shared fixtures: an app on a temporary SQLite file, driven through httpx.
+
+`--database=postgresql` (or GPU_ORCH_TEST_DATABASE=postgresql) runs the same tests on a real
+PostgreSQL server the session starts (tests/pg_server.py): every state directory a test uses
+(`make_settings`, a `serve` subprocess, the in-memory tier) gets a fresh database of its own,
+dropped when the test ends. Tests marked `sqlite_only` are skipped then. `pg_server` and
+`pg_url` give a test PostgreSQL whatever the run chose.
+"""
 
 from __future__ import annotations
 
@@ -19,9 +26,70 @@ from app.main import create_app
 from app.orchestrator.wiring import Overrides
 from app.settings import Settings, load_settings
 from tests.fakes import fake_engine_command
+from tests.pg_server import PgServer, StateDirDatabases, database_url_for, use_databases
 
 MakeSettings = Callable[..., Settings]
 TEST_MARKER = "GPU_ORCH_TEST_RUN"
+DATABASES = ("sqlite", "postgresql")
+DATABASE_ENV = "GPU_ORCH_TEST_DATABASE"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--database",
+        choices=DATABASES,
+        default=os.environ.get(DATABASE_ENV, "sqlite"),
+        help=f"the store the tests run on (default ${DATABASE_ENV}, else sqlite)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only(reason): the test is about SQLite itself; skipped on PostgreSQL"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--database") != "postgresql":
+        return
+    for item in items:
+        marker = item.get_closest_marker("sqlite_only")
+        if marker is not None:
+            reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+            item.add_marker(pytest.mark.skip(reason=f"SQLite only: {reason}".rstrip(": ")))
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A PostgreSQL server for the session, started the first time a test asks for it."""
+    server = PgServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """The URL of a fresh, empty PostgreSQL database, dropped after the test."""
+    url = pg_server.create_database()
+    yield url
+    pg_server.drop_database(url.rsplit("/", 1)[1])
+
+
+@pytest.fixture(autouse=True)
+def _test_database(request: pytest.FixtureRequest) -> Iterator[None]:
+    """With --database=postgresql, a database per state directory for this test."""
+    if request.config.getoption("--database") != "postgresql":
+        yield
+        return
+    databases = StateDirDatabases(request.getfixturevalue("pg_server"))
+    use_databases(databases)
+    try:
+        yield
+    finally:
+        use_databases(None)
+        databases.drop_all()
 
 
 @pytest.fixture
@@ -43,6 +111,8 @@ def make_settings(tmp_path: Path) -> MakeSettings:
             "engine_env": {TEST_MARKER: str(tmp_path)},
         }
         values.update(overrides)
+        if "database_url" not in overrides:
+            values["database_url"] = database_url_for(Path(values["state_dir"]))
         return load_settings(**values)
 
     return make

@@ -76,8 +76,10 @@ def upgrade() -> None:
     sa.Column('last_failure_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('running_since', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('log_offset', sa.Integer(), nullable=False),
-    sa.Column('log_inode', sa.Integer(), nullable=True),
+    # 64-bit: a byte offset into a log, an inode number (XFS's pass 2**32). SQLite's
+    # INTEGER always was; PostgreSQL's integer is 32-bit.
+    sa.Column('log_offset', sa.BigInteger(), nullable=False),
+    sa.Column('log_inode', sa.BigInteger(), nullable=True),
     sa.Column('restart_needed', sa.Boolean(), nullable=False),
     sa.Column('notes', sa.JSON(), nullable=False),
     sa.ForeignKeyConstraint(['model_id'], ['models.id'], ondelete='CASCADE'),
