@@ -1,6 +1,7 @@
-"""The in-memory lifecycle tier: the real supervisors, store (SQLite on a temporary file),
-allocators and orchestrator, with the clock, the launcher and the health probe replaced by the
-fakes of tests/fakes/memory.py, all passed in through RunContext.
+"""The in-memory lifecycle tier: the real supervisors, store (SQLite on a temporary file, or
+the run's PostgreSQL database on --database=postgresql), allocators and orchestrator, with the
+clock, the launcher and the health probe replaced by the fakes of tests/fakes/memory.py, all
+passed in through RunContext.
 
     async with memory_world(tmp_path) as world:
         await world.add("m")
@@ -46,6 +47,7 @@ from app.settings import Settings, load_settings
 from app.store.db import make_engine, upgrade_to_head
 from app.store.tables import EventRow, StatusRow
 from tests.fakes.memory import FakeClock, FakeHealth, FakeLauncher, FakeSleep, yield_to_loop
+from tests.pg_server import database_url_for
 
 GPU_MIB = 81920
 # Readiness is polled at 0.5 s, then at most 1 s: advancing the clock by READY_POLL_S lets at
@@ -266,6 +268,8 @@ def memory_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "health_failures": 3,
     }
     values.update(overrides)
+    if "database_url" not in overrides:
+        values["database_url"] = database_url_for(Path(values["state_dir"]))
     return load_settings(**values)
 
 

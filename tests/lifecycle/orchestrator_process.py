@@ -16,11 +16,15 @@ from typing import Any
 import httpx
 
 from tests.fakes import fake_engine_command, free_port, wait_until
+from tests.pg_server import database_url_for
 
 SERVE = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1"]
 
 
 def orchestrator_env(state_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `serve` on `state_dir`: its database is the SQLite file there, or,
+    on a --database=postgresql run, the PostgreSQL database the run gave that directory (the
+    same for every `serve` on it, as the file would be)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("GPU_ORCH_")}
     env.update(
         GPU_ORCH_STATE_DIR=str(state_dir),
@@ -35,6 +39,9 @@ def orchestrator_env(state_dir: Path, **extra: str) -> dict[str, str]:
         GPU_ORCH_PORT_RANGE_END="28199",
         GPU_ORCH_ENGINE_ENV=json.dumps({"GPU_ORCH_TEST_RUN": str(state_dir)}),
     )
+    database_url = database_url_for(state_dir)
+    if database_url is not None:
+        env["GPU_ORCH_DATABASE_URL"] = database_url
     env.update(extra)
     return env
 

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import httpx
+import pytest
 
 from app.orchestrator.launchers.process import group_members
 from tests.conftest import MakeSettings, live_engines_of, running_app
@@ -82,6 +83,7 @@ async def test_concurrency_parallel_creates_and_deletes_of_many_models(
         assert listed == ids[1::2]
 
 
+@pytest.mark.sqlite_only(reason="holds the SQLite file's write lock with sqlite3")
 async def test_concurrency_locked_database_is_waited_for_not_a_500(
     make_settings: MakeSettings,
 ) -> None:

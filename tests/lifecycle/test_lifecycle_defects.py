@@ -170,6 +170,7 @@ async def test_lifecycle_patch_racing_a_start_is_applied_or_refused_never_lost(
             await client.post(f"/models/{model_id}/stop?wait=true")
 
 
+@pytest.mark.sqlite_only(reason="holds the SQLite file's write lock with sqlite3")
 def test_lifecycle_a_locked_database_never_stalls_the_service(state_dir: Path) -> None:
     """Store writes wait on their own thread: with the database locked for a second while a
     model starts, /healthz keeps answering within 100 ms."""

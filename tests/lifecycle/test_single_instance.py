@@ -21,6 +21,10 @@ from tests.lifecycle.orchestrator_process import (
     orchestrator_process,
 )
 
+pytestmark = pytest.mark.sqlite_only(
+    reason="one orchestrator per SQLite file: PostgreSQL has no instance lock"
+)
+
 SPEC = {"id": "tiny", "model": "/models/tiny", "gpu_memory_util": 0.3}
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXIT_DATABASE_HELD = 4

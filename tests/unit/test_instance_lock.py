@@ -21,6 +21,8 @@ import pytest
 
 from app.store.instance_lock import InstanceLock, InstanceLockHeld, lock_path_for
 
+pytestmark = pytest.mark.sqlite_only(reason="the instance lock is a flock beside a SQLite file")
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Takes the lock, optionally spawns a long-lived child the way a launcher spawns an engine (here
