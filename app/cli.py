@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,6 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
+    from app.store.db import is_shared
     from app.store.instance_lock import InstanceLockError, instance_lock_for
 
     # Taken here, before uvicorn runs the lifespan: a refusal is then one line on stderr and a
@@ -67,12 +69,29 @@ def _serve(args: argparse.Namespace) -> int:
         except InstanceLockError as error:
             print(f"refusing to start: {error}", file=sys.stderr)
             return EXIT_DATABASE_HELD
+    if settings.node_url is None:
+        # How the other nodes reach this one, unless said otherwise: its own listening address.
+        wildcard = args.host in ("0.0.0.0", "::", "")  # noqa: S104 (compared, not bound)
+        reach = socket.gethostname() if wildcard else args.host
+        settings = settings.model_copy(update={"node_url": f"http://{reach}:{args.port}"})
+    overrides = None
+    if is_shared(settings.resolved_database_url):
+        from app.orchestrator.cluster.membership import NodeNameHeldError
+        from app.orchestrator.wiring import Overrides, register_node
+
+        # On a shared database the node's name is its lease: a second live process with the
+        # same name is refused here, like a second one on a SQLite file above.
+        try:
+            overrides = Overrides(membership=register_node(settings))
+        except NodeNameHeldError as error:
+            print(f"refusing to start: {error}", file=sys.stderr)
+            return EXIT_DATABASE_HELD
     import uvicorn
 
     from app.main import create_app
 
     try:
-        app = create_app(settings, instance_lock=lock)
+        app = create_app(settings, overrides, instance_lock=lock)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     finally:
         if lock is not None:

@@ -17,6 +17,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from app.api.body_limit import BodyLimitMiddleware
 from app.api.deps import ServicesDep, require_token
 from app.api.errors import install_error_handlers
+from app.api.forwarding import NodeForwarder
 from app.api.routes import (
     adapters,
     docs,
@@ -26,6 +27,7 @@ from app.api.routes import (
     lifecycle,
     manifests,
     models,
+    nodes,
     system,
     ui,
 )
@@ -75,6 +77,7 @@ def create_app(
                 await services.orchestrator.shutdown()
                 await services.monitor.drain()
                 await services.upstream.aclose()
+                await app.state.forwarder.aclose()
         finally:
             if lock is not None:
                 lock.release()
@@ -90,6 +93,11 @@ def create_app(
     )
     app.state.settings = settings
     app.state.event_bus = EventBus()
+    # Requests for models another node owns go there; a forwarded `?wait=true` may take a
+    # whole start timeout.
+    app.state.forwarder = NodeForwarder(
+        settings.node_name, timeout_s=settings.start_timeout_s + settings.stop_grace_s + 60
+    )
     install_error_handlers(app)
     protected = [Depends(require_token)]
     app.include_router(system.router)
@@ -97,6 +105,7 @@ def create_app(
     app.include_router(lifecycle.router, dependencies=protected)
     app.include_router(adapters.router, dependencies=protected)
     app.include_router(gpus.router, dependencies=protected)
+    app.include_router(nodes.router, dependencies=protected)
     app.include_router(manifests.router, dependencies=protected)
     app.include_router(events.router, dependencies=protected)
     app.include_router(gateway.router)  # its own token rule: API or inference tokens

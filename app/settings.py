@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import socket
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -20,6 +21,11 @@ class LauncherChoice(StrEnum):
     AUTO = "auto"
     SYSTEMD = "systemd"
     SUBPROCESS = "subprocess"
+
+
+class Placement(StrEnum):
+    SPREAD = "spread"
+    BINPACK = "binpack"
 
 
 class Settings(BaseSettings):
@@ -65,6 +71,29 @@ class Settings(BaseSettings):
     health_failures: int = Field(default=3, ge=1)
     health_timeout_s: float = Field(default=5.0, gt=0)
     stop_engines_on_shutdown: bool = False
+
+    # One orchestrator per node; nodes share a PostgreSQL database (docs/cluster.md).
+    node_name: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        max_length=253,  # a Kubernetes node name (a DNS subdomain)
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="This node's name in the cluster; default the hostname.",
+    )
+    node_url: str | None = Field(
+        default=None,
+        description="How other nodes reach this node's API, e.g. http://10.0.0.7:8000.",
+    )
+    node_timeout_s: float = Field(
+        default=30.0,
+        ge=0.5,
+        le=3600.0,
+        description="A node silent this long loses its models' leases (failover).",
+    )
+    placement: Placement = Field(
+        default=Placement.SPREAD,
+        description="Where a start goes: spread (most free memory) or binpack (least that fits).",
+    )
 
     api_token: str | None = None
     # Tokens accepted on the gateway's /v1/* only: agents call models, never stop them.

@@ -9,10 +9,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.auth import CHALLENGE, rejects_token
+from app.api.forwarding import NodeForwarder
 from app.orchestrator.gateway import GatewayError
 from app.orchestrator.lifecycle import CommandError
 from app.orchestrator.orchestrator import (
@@ -20,6 +21,7 @@ from app.orchestrator.orchestrator import (
     AlreadyExistsError,
     ModelNotFoundError,
     ModelRunningError,
+    OwnedElsewhereError,
 )
 
 # HTTP status per orchestrator error code.
@@ -149,6 +151,12 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _CODE_BY_HTTP_STATUS.get(error.status_code, "http_error")
         message = str(error.detail)
         return _response(ApiError(error.status_code, code, message, headers=error.headers))
+
+    @app.exception_handler(OwnedElsewhereError)
+    async def _elsewhere(request: Request, error: OwnedElsewhereError) -> Response:
+        # Another node owns the model: the request goes there, its answer comes back as it is.
+        forwarder: NodeForwarder = request.app.state.forwarder
+        return await forwarder.forward(request, error)
 
     @app.exception_handler(ModelNotFoundError)
     async def _not_found(_request: Request, error: ModelNotFoundError) -> JSONResponse:

@@ -134,6 +134,11 @@ class LastFailure(BaseModel):
 class StatusPublic(BaseModel):
     state: str
     desired_state: str
+    node: str | None = Field(
+        default=None,
+        description="The node whose engine this is (where it runs or last ran); base_url is "
+        "that node's address of the engine.",
+    )
     pid: int | None
     port: int | None
     base_url: str | None
@@ -203,6 +208,7 @@ def status_data(
     return {
         "state": status.state,
         "desired_state": status.desired_state,
+        "node": status.node,
         "pid": status.pid,
         "port": status.port if running else None,
         "base_url": f"http://{engine_host}:{status.port}" if running and status.port else None,

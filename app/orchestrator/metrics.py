@@ -108,3 +108,9 @@ class Metrics:
             ["model", "reason"],
             registry=self.registry,
         )
+        self.failovers_total = Counter(
+            "gpu_orchestrator_failovers",
+            "Models this node started because the node that ran them stopped heartbeating.",
+            ["model", "from_node"],
+            registry=self.registry,
+        )

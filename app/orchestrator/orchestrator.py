@@ -16,6 +16,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from app.orchestrator.activity import ActivityBoard
+from app.orchestrator.cluster.errors import OwnedElsewhereError
+from app.orchestrator.cluster.node import ClusterNode
+from app.orchestrator.cluster.view import ClusterSnapshot
 from app.orchestrator.lifecycle import (
     CommandKind,
     CommandResult,
@@ -27,6 +30,7 @@ from app.orchestrator.lifecycle import (
 from app.orchestrator.lifecycle.adapters import AdapterView, with_adapter
 from app.orchestrator.lifecycle.messages import Adopt
 from app.orchestrator.model_names import name_conflicts
+from app.orchestrator.ownership import Ownership
 from app.orchestrator.registry import AlreadyExistsError
 from app.orchestrator.room import RoomMaker
 from app.orchestrator.spec import ModelSpec
@@ -40,6 +44,7 @@ __all__ = [
     "ModelNotFoundError",
     "ModelRunningError",
     "Orchestrator",
+    "OwnedElsewhereError",
 ]
 
 
@@ -67,8 +72,15 @@ class ModelRunningError(Exception):
 
 
 class Orchestrator:
-    def __init__(self, ctx: RunContext) -> None:
+    def __init__(self, ctx: RunContext, cluster: ClusterNode | None = None) -> None:
         self.ctx = ctx
+        self.cluster = cluster or ClusterNode.alone(ctx.registry, ctx.settings)
+        self.node = self.cluster.name
+        # Every write of a model's spec or status is fenced by this node's lease of it, and a
+        # launch needs the lease with a current heartbeat.
+        ctx.registry.fence = self.cluster.leases.fence
+        ctx.may_launch = self.cluster.leases.holds
+        self.ownership = Ownership(self, self.cluster)
         self.supervisors: dict[str, Supervisor] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop_watching = asyncio.Event()
@@ -86,6 +98,7 @@ class Orchestrator:
         self.loading_adapters: dict[str, asyncio.Event] = {}
         # Bumped by every spec change, so readers (the gateway's routes) rebuild only then.
         self.spec_version = 0
+        self._seen_view: dict[str, ModelSpec] = {}
 
     # -- life of the service ----------------------------------------------------------------
     async def start(self, *extra_tasks: Callable[[], asyncio.Task[None]]) -> None:
@@ -93,22 +106,48 @@ class Orchestrator:
         watcher = self.ctx.log_watcher
         self._background.append(asyncio.create_task(watcher.run(self._stop_watching)))
         await watcher.wait_ready()
-        registry = self.ctx.registry
-        specs = await asyncio.to_thread(registry.specs)
-        statuses = await asyncio.to_thread(registry.statuses)
+        claimed = await self.ownership.claim_at_start()
+        self._note_view(self.cluster.view.latest)
         await self.ctx.allocator.refresh()
         adoptions: list[Coroutine[Any, Any, Any]] = []
-        for spec in specs:
+        for spec, status in claimed:
             done = asyncio.Event()
-            self._spawn(spec, statuses[spec.id]).post(Adopt(done=done))
+            self.spawn(spec, status).post(Adopt(done=done))
             adoptions.append(done.wait())
         self._background.append(asyncio.create_task(self._mark_adopted(adoptions)))
+        membership = self.cluster.membership
+        if membership is not None:
+            heartbeat = membership.run(
+                self._stop_watching,
+                fenced=self.ownership.fence,
+                recovered=self.ownership.recover,
+                beat=self._after_heartbeat,
+            )
+            self._background.append(asyncio.create_task(heartbeat))
         for make_task in extra_tasks:
             self._background.append(make_task())
 
     async def _mark_adopted(self, adoptions: list[Coroutine[Any, Any, Any]]) -> None:
         await asyncio.gather(*adoptions)
+        # Only now are this node's current engines known: what else it runs is stale.
+        await self.ownership.clear_stale()
         self.adopted.set()
+
+    async def _after_heartbeat(self) -> None:
+        snapshot = await self.cluster.view.read(max_age_s=0)
+        self._note_view(snapshot)
+        if self.adopted.is_set():
+            await self.ownership.take_orphans(snapshot)
+
+    def _note_view(self, snapshot: ClusterSnapshot) -> None:
+        if snapshot.specs != self._seen_view:
+            self._seen_view = snapshot.specs
+            self.spec_version += 1
+
+    async def refresh(self) -> None:
+        """Bring the view of other nodes' models up to date (a no-op alone on SQLite)."""
+        if self.cluster.shared:
+            self._note_view(await self.cluster.view.read())
 
     async def shutdown(self) -> None:
         """Leave engines running (upgrades without downtime) unless the setting says stop."""
@@ -127,15 +166,40 @@ class Orchestrator:
             task.cancel()
         await asyncio.gather(*self._tasks.values(), *self._background, return_exceptions=True)
         await self.ctx.registry.flush()
+        if self.cluster.membership is not None:
+            try:
+                await asyncio.to_thread(self.cluster.membership.leave)
+            except Exception:  # the database is gone: the name frees itself at its expiry
+                logger.warning("node %s: could not record its exit", self.node, exc_info=True)
         await self.ctx.health.aclose()
         await self.ctx.adapters.aclose()
         await self.ctx.sleep.aclose()
 
-    def _spawn(self, spec: ModelSpec, status: StatusRow) -> Supervisor:
+    def spawn(self, spec: ModelSpec, status: StatusRow) -> Supervisor:
+        """Run a supervisor for the model here (the caller holds its lease)."""
         supervisor = Supervisor(spec, status, self.ctx)
         self.supervisors[spec.id] = supervisor
         self._tasks[spec.id] = asyncio.create_task(supervisor.serve(), name=f"sup-{spec.id}")
+        self.spec_version += 1
         return supervisor
+
+    async def drop(self, model_id: str) -> None:
+        """Stop supervising the model here (its lease is being given up or is lost)."""
+        supervisor = self.supervisors.pop(model_id, None)
+        task = self._tasks.pop(model_id, None)
+        if supervisor is not None:
+            await supervisor.close()
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self.spec_version += 1
+
+    async def _own(self, model_id: str) -> Supervisor:
+        """The model's supervisor for a write: this node's, taking the lease if free."""
+        try:
+            return await self.ownership.own(model_id)
+        except LookupError:
+            raise ModelNotFoundError(model_id) from None
 
     def supervisor(self, model_id: str) -> Supervisor:
         """The model's supervisor, to send it messages (ModelNotFoundError if none)."""
@@ -147,29 +211,66 @@ class Orchestrator:
             raise ModelNotFoundError(model_id)
         return supervisor
 
-    # -- reads --------------------------------------------------------------------------------
+    def owns(self, model_id: str) -> bool:
+        """This node supervises the model (holds its lease)."""
+        supervisor = self.supervisors.get(model_id)
+        return supervisor is not None and not supervisor.closed
+
+    def remote_owner(self, model_id: str) -> OwnedElsewhereError | None:
+        """Where the model runs when another live node holds it, as of the view."""
+        if self.owns(model_id):
+            return None
+        snapshot = self.cluster.view.latest
+        owner = snapshot.live_owner(model_id)
+        if owner is None or owner == self.node:
+            return None
+        return OwnedElsewhereError(
+            model_id, owner, snapshot.url(owner), why="its node holds the model's lease"
+        )
+
+    # -- reads (this node's models from their supervisors, the others from the view) -----------
     def spec(self, model_id: str) -> ModelSpec:
-        return self._supervisor(model_id).spec
+        if self.owns(model_id):
+            return self.supervisors[model_id].spec
+        spec = self.cluster.view.latest.specs.get(model_id)
+        if spec is None:
+            raise ModelNotFoundError(model_id)
+        return spec
 
     def specs(self) -> list[ModelSpec]:
-        return [self.supervisors[model_id].spec for model_id in sorted(self.supervisors)]
+        merged = dict(self.cluster.view.latest.specs)
+        merged.update({model_id: sup.spec for model_id, sup in self.supervisors.items()})
+        return [merged[model_id] for model_id in sorted(merged)]
 
     def spec_data(self, model_id: str) -> dict[str, Any]:
         """The spec as JSON-ready data, id first; built once per change, not per request."""
-        return self._supervisor(model_id).spec_data()
+        if self.owns(model_id):
+            return self.supervisors[model_id].spec_data()
+        spec = self.spec(model_id)
+        return {"id": spec.id, **spec.model_dump(mode="json")}
 
     def status(self, model_id: str) -> StatusRow:
-        return self._supervisor(model_id).status()
+        if self.owns(model_id):
+            return self.supervisors[model_id].status()
+        status = self.cluster.view.latest.statuses.get(model_id)
+        if status is None:
+            raise ModelNotFoundError(model_id)
+        return status
 
     def statuses(self) -> dict[str, StatusRow]:
-        return {model_id: sup.status() for model_id, sup in self.supervisors.items()}
+        merged = dict(self.cluster.view.latest.statuses)
+        merged.update({model_id: sup.status() for model_id, sup in self.supervisors.items()})
+        return merged
 
     async def events(self, model_id: str, *, limit: int) -> list[EventRow]:
-        self._supervisor(model_id)
+        self.spec(model_id)
         return await asyncio.to_thread(self.ctx.registry.events, model_id, limit=limit)
 
     async def log_tail(self, model_id: str, count: int) -> list[str]:
-        self._supervisor(model_id)
+        elsewhere = self.remote_owner(model_id)
+        if elsewhere is not None:
+            raise elsewhere  # the log is on that node's disk
+        self.spec(model_id)
         return await asyncio.to_thread(self.ctx.log_tail, model_id, count)
 
     async def can_start(self, model_id: str, *, force: bool = False) -> dict[str, object]:
@@ -192,18 +293,19 @@ class Orchestrator:
             await self._create(spec, source=source)
 
     async def _create(self, spec: ModelSpec, *, source: str) -> None:
-        if spec.id in self.supervisors:
+        if spec.id in self.supervisors or spec.id in self.cluster.view.latest.specs:
             raise AlreadyExistsError(spec.id)
         self._check_names(spec)
         status = await self.ctx.registry.create(spec, source=source)
-        self._spawn(spec, status)
-        self.spec_version += 1
+        # The node that creates a model holds it until a start places it elsewhere.
+        await self.cluster.leases.acquire(spec.id)
+        self.spawn(spec, status)
 
     async def update_model(self, spec: ModelSpec, *, source: str = "api") -> bool:
         """Replace a spec. Changes an engine reads at launch need it stopped (ModelRunningError);
         restart_policy and start_timeout_s apply to a running engine at once."""
         async with self._changing:
-            supervisor = self._supervisor(spec.id)
+            supervisor = await self._own(spec.id)
             self._check_names(spec)
             result = await supervisor.update(spec, source=source, running_policy="refuse")
             if result.error is not None:
@@ -214,10 +316,10 @@ class Orchestrator:
     async def sync_model(self, spec: ModelSpec, *, source: str) -> str:
         """Create or update from a manifest; a running model is flagged, never restarted."""
         async with self._changing:
-            if spec.id not in self.supervisors:
+            if spec.id not in self.supervisors and spec.id not in self.cluster.view.latest.specs:
                 await self._create(spec, source=source)
                 return "created"
-            supervisor = self._supervisor(spec.id)
+            supervisor = await self._own(spec.id)
             self._check_names(spec)
             result = await supervisor.update(spec, source=source, running_policy="flag")
             if not result.changed:
@@ -228,13 +330,14 @@ class Orchestrator:
     async def delete_model(self, model_id: str, *, force: bool) -> CommandResult:
         """Stop the engine (force) and delete. A refused or failed delete leaves the model as it
         was, with its supervisor, and says why."""
-        supervisor = self._supervisor(model_id)
+        supervisor = await self._own(model_id)
         result = await supervisor.command(CommandKind.DELETE, force=force)
         if result.error is not None:
             if result.error.code == ErrorCode.MODEL_RUNNING:
                 raise ModelRunningError(model_id, result.error.message, result.error.figures)
             return result
         self.supervisors.pop(model_id, None)
+        self.cluster.leases.forget(model_id)  # deleted with its model
         self.activity.forget(model_id)
         self.spec_version += 1
         task = self._tasks.pop(model_id)
@@ -244,7 +347,7 @@ class Orchestrator:
 
     # -- adapters -----------------------------------------------------------------------------
     async def adapters(self, model_id: str) -> list[AdapterView]:
-        return await self._supervisor(model_id).adapters()
+        return await (await self._own(model_id)).adapters()
 
     async def add_adapter(
         self, model_id: str, name: str, path: str, *, source: str = "api"
@@ -252,7 +355,7 @@ class Orchestrator:
         """Add an adapter to the spec, and load it live on a running engine. Its name is taken
         node-wide in the same step; requests for it wait while it loads."""
         async with self._changing:
-            supervisor = self._supervisor(model_id)
+            supervisor = await self._own(model_id)
             spec = supervisor.spec
             if spec.adapter_names.get(path, None) != name or path not in spec.adapter_paths:
                 try:
@@ -274,7 +377,8 @@ class Orchestrator:
         self, model_id: str, name: str, *, source: str = "api"
     ) -> CommandResult:
         async with self._changing:
-            result = await self._supervisor(model_id).change_adapter(name, None, source=source)
+            supervisor = await self._own(model_id)
+            result = await supervisor.change_adapter(name, None, source=source)
             self.spec_version += result.changed
             return result
 
@@ -282,18 +386,27 @@ class Orchestrator:
     async def command(
         self, model_id: str, kind: CommandKind, *, force: bool = False, wait: bool = False
     ) -> CommandResult:
+        supervisor = await self._own(model_id)
         try:
-            return await self._supervisor(model_id).command(kind, force=force, wait=wait)
+            return await supervisor.command(kind, force=force, wait=wait)
         except LookupError:
             raise ModelNotFoundError(model_id) from None
 
     async def start_model(
-        self, model_id: str, *, force: bool = False, evict: bool = False
+        self,
+        model_id: str,
+        *,
+        force: bool = False,
+        evict: bool = False,
+        placed_here: bool = False,
     ) -> CommandResult:
         """Start (or wake) a model; with `evict`, make room by unloading idle engines of lower
-        or equal priority (RoomMaker). A refusal lists what evict=true would unload."""
+        or equal priority (RoomMaker). A refusal lists what evict=true would unload. With other
+        nodes, a start of a model at rest is placed first (OwnedElsewhereError: it goes
+        there), unless another node already placed it here (`placed_here`)."""
         try:
-            return await self._room.start(model_id, force=force, evict=evict)
+            supervisor = await self.ownership.for_start(model_id, placed_here=placed_here)
+            return await self._room.start(supervisor, force=force, evict=evict)
         except LookupError:
             raise ModelNotFoundError(model_id) from None
 
@@ -302,6 +415,6 @@ class Orchestrator:
     ) -> bool:
         """Wait until the model's state is one of `states`; False at the timeout."""
         wanted = {state.value for state in states}
-        return await self._supervisor(model_id).wait_for(
+        return await (await self._own(model_id)).wait_for(
             lambda status: status.state in wanted, timeout_s=timeout_s
         )

@@ -73,6 +73,9 @@ class Registry:
         self._last_write: Future[Any] | None = None
         self._listeners: list[EventListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Called inside every write of one model's spec or status, in its transaction: raises
+        # when this node may not write the model (it does not hold its lease; cluster/leases.py).
+        self.fence: Callable[[Session, str], None] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
     def _run(self, work: Callable[[Session], T]) -> T:
@@ -132,6 +135,10 @@ class Registry:
         """Finish the queued writes, then stop the writer thread."""
         self._writer.shutdown(wait=True)
 
+    def _fence(self, session: Session, model_id: str) -> None:
+        if self.fence is not None:
+            self.fence(session, model_id)
+
     # -- listeners --------------------------------------------------------------------------
     def add_listener(self, listener: EventListener) -> None:
         """Call `listener(event)` on the event loop after each event is committed."""
@@ -181,6 +188,7 @@ class Registry:
         now = self.clock.now()
 
         def work(session: Session, events: list[EventRow]) -> bool:
+            self._fence(session, spec.id)
             updated = repository.update_model(
                 session=session, fields=spec_fields(spec), source=source, now=now
             )
@@ -198,6 +206,7 @@ class Registry:
         now = self.clock.now()
 
         def work(session: Session, events: list[EventRow]) -> bool:
+            self._fence(session, model_id)
             deleted = repository.delete_model(session=session, model_id=model_id)
             if deleted:
                 events.append(
@@ -238,6 +247,7 @@ class Registry:
         at = self.clock.now()
 
         def work(session: Session, events: list[EventRow]) -> None:
+            self._fence(session, snapshot.model_id)
             repository.save_status(session=session, status=snapshot)
             if event is not None:
                 events.append(

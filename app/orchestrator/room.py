@@ -14,7 +14,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from app.orchestrator.eviction import Candidate, EvictionPlan, Requester, plan_eviction
-from app.orchestrator.lifecycle import CommandKind, CommandResult, ErrorCode, ModelState
+from app.orchestrator.lifecycle import (
+    CommandKind,
+    CommandResult,
+    ErrorCode,
+    ModelState,
+    Supervisor,
+)
 
 if TYPE_CHECKING:
     from app.orchestrator.orchestrator import Orchestrator
@@ -66,11 +72,11 @@ class RoomMaker:
             reserved_mib_by_gpu=ctx.allocator.reservations_mib(),
         )
 
-    async def start(self, model_id: str, *, force: bool, evict: bool) -> CommandResult:
+    async def start(self, supervisor: Supervisor, *, force: bool, evict: bool) -> CommandResult:
         """START (or wake) the model; refused for room, with `evict` unload idle engines of
         lower or equal priority and try again; without, say what evict=true would unload."""
         orchestrator = self.orchestrator
-        supervisor = orchestrator.supervisor(model_id)
+        model_id = supervisor.model_id
         result = await supervisor.command(CommandKind.START, force=force)
         if not _refused_for_room(result):
             return result

@@ -242,7 +242,7 @@ class ModelSpecBase(BaseModel):
     node: str | None = Field(
         default=None,
         min_length=1,
-        max_length=63,
+        max_length=253,  # a Kubernetes node name (a DNS subdomain)
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
         description="Run only on this node (its GPU_ORCH_NODE_NAME). Null: a start places it on "
         "a node with headroom.",

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
 from app.orchestrator.clock import Clock, SystemClock
+from app.orchestrator.cluster.gpus import published_gpus
+from app.orchestrator.cluster.membership import NodeMembership
+from app.orchestrator.cluster.node import ClusterNode
+from app.orchestrator.cluster.stale import CLUSTER_ENV, NODE_ENV
 from app.orchestrator.gateway import Gateway, UpstreamPool
 from app.orchestrator.gpu.headroom import GpuAllocator
 from app.orchestrator.gpu.monitor import GpuMonitor, WebhookSink
@@ -24,7 +29,7 @@ from app.orchestrator.ports import PortAllocator
 from app.orchestrator.registry import Registry
 from app.orchestrator.resolver import ModelResolver
 from app.settings import GpuBackend, LauncherChoice, Settings
-from app.store.db import make_engine, upgrade_to_head
+from app.store.db import is_shared, make_engine, upgrade_to_head
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +42,8 @@ class Overrides:
     health: HealthProbe | None = None
     gpu_probe: GpuProbe | None = None
     clock: Clock | None = None
+    # This node's membership, already registered (`serve` registers it before the app runs).
+    membership: NodeMembership | None = None
 
 
 @dataclass
@@ -64,9 +71,28 @@ async def choose_launcher(settings: Settings) -> Launcher:
     return SubprocessLauncher()
 
 
+def register_node(settings: Settings) -> NodeMembership:
+    """Migrate the shared database and take this node's name in it (NodeNameHeldError when a
+    live orchestrator has it). Blocking."""
+    engine = make_engine(settings.resolved_database_url)
+    upgrade_to_head(engine)
+    membership = NodeMembership(engine, settings, gpus=list)
+    membership.register()
+    return membership
+
+
 async def build_services(settings: Settings, overrides: Overrides | None = None) -> Services:
     overrides = overrides or Overrides()
     clock = overrides.clock or SystemClock()
+    membership = overrides.membership
+    if membership is None and is_shared(settings.resolved_database_url):
+        membership = await asyncio.to_thread(register_node, settings)
+    if membership is not None:
+        # Engines carry the cluster and the node, so a node finds its own stale ones.
+        cluster_env = {CLUSTER_ENV: membership.cluster_id, NODE_ENV: settings.node_name}
+        settings = settings.model_copy(
+            update={"engine_env": {**settings.engine_env, **cluster_env}}
+        )
     engine = make_engine(settings.resolved_database_url)
     upgrade_to_head(engine)
     registry = Registry(engine, clock)
@@ -112,7 +138,12 @@ async def build_services(settings: Settings, overrides: Overrides | None = None)
         log_watcher=LogDirWatcher(log_dir),
         resolver=ModelResolver(settings.model_store_root),
     )
-    orchestrator = Orchestrator(ctx)
+    if membership is None:
+        cluster = ClusterNode.alone(registry, settings)
+    else:
+        membership.gpus = lambda: published_gpus(probe, allocator)
+        cluster = ClusterNode.member(registry, settings, membership)
+    orchestrator = Orchestrator(ctx, cluster)
     return Services(
         orchestrator=orchestrator,
         monitor=monitor,

@@ -36,6 +36,11 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def is_shared(url: str) -> bool:
+    """A database other nodes may share (PostgreSQL), not one node's SQLite file."""
+    return make_url(url).get_backend_name() != "sqlite"
+
+
 def make_engine(url: str) -> Engine:
     """An engine for `url`; a SQLite file's directory is created if missing."""
     parsed = make_url(url)

@@ -41,7 +41,7 @@ class ModelRow(SQLModel, table=True):
     idle_timeout_s: float | None = None
     priority: int = 0
     sleep_level: int | None = None
-    node: str | None = Field(default=None, max_length=63)
+    node: str | None = Field(default=None, max_length=253)
     failover: bool = True
     source: str = Field(default="api", description="api, or manifest:<file>")
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
@@ -83,7 +83,7 @@ class StatusRow(SQLModel, table=True):
     log_inode: int | None = None
     restart_needed: bool = False
     # The node whose engine this status describes (where it runs, or last ran).
-    node: str | None = Field(default=None, max_length=63)
+    node: str | None = Field(default=None, max_length=253)
     notes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
@@ -117,7 +117,7 @@ class NodeRow(SQLModel, table=True):
 
     __tablename__ = "nodes"
 
-    name: str = Field(primary_key=True, max_length=63)
+    name: str = Field(primary_key=True, max_length=253)
     url: str | None = None
     instance: str = Field(max_length=36, description="the process holding the name")
     pid: int
@@ -125,9 +125,7 @@ class NodeRow(SQLModel, table=True):
     started_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     heartbeat_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
-    gpus: list[dict[str, Any]] = Field(
-        default_factory=list, sa_column=Column(JSON, nullable=False)
-    )
+    gpus: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
 
 
 class LeaseRow(SQLModel, table=True):
@@ -137,7 +135,7 @@ class LeaseRow(SQLModel, table=True):
     __table_args__ = (Index("ix_leases_node", "node"),)
 
     model_id: str = Field(primary_key=True, foreign_key="models.id", ondelete="CASCADE")
-    node: str = Field(max_length=63)
+    node: str = Field(max_length=253)
     epoch: int = Field(description="bumped by every change of holder: a fencing token")
     acquired_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))

@@ -27,7 +27,7 @@ def upgrade() -> None:
     op.bulk_insert(cluster, [{"id": uuid.uuid4().hex, "created_at": datetime.now(UTC)}])
     op.create_table(
         "nodes",
-        sa.Column("name", sa.String(length=63), primary_key=True),
+        sa.Column("name", sa.String(length=253), primary_key=True),
         sa.Column("url", sa.String(), nullable=True),
         sa.Column("instance", sa.String(length=36), nullable=False),
         sa.Column("pid", sa.Integer(), nullable=False),
@@ -45,19 +45,19 @@ def upgrade() -> None:
             sa.ForeignKey("models.id", ondelete="CASCADE"),
             primary_key=True,
         ),
-        sa.Column("node", sa.String(length=63), nullable=False),
+        sa.Column("node", sa.String(length=253), nullable=False),
         sa.Column("epoch", sa.Integer(), nullable=False),
         sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_index("ix_leases_node", "leases", ["node"])
     with op.batch_alter_table("models", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("node", sa.String(length=63), nullable=True))
+        batch_op.add_column(sa.Column("node", sa.String(length=253), nullable=True))
         batch_op.add_column(
             sa.Column("failover", sa.Boolean(), nullable=False, server_default=sa.true())
         )
     with op.batch_alter_table("model_status", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("node", sa.String(length=63), nullable=True))
+        batch_op.add_column(sa.Column("node", sa.String(length=253), nullable=True))
 
 
 def downgrade() -> None:

@@ -135,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fake.add_argument("--record", metavar="FILE")
     fake.add_argument(
+        "--alive-log",
+        metavar="FILE",
+        help="while serving, append a JSON line {pid, model, node, t} every 50 ms (O_APPEND: "
+        "lines of several engines never interleave): the engines' own record of when each ran",
+    )
+    fake.add_argument(
         "--token-interval-s",
         type=float,
         default=0.0,
@@ -679,6 +685,18 @@ def start(engine: FakeEngine) -> None:
     time.sleep(options.ready_delay_s)
 
 
+def tick_alive(path: str) -> None:
+    line = {
+        "pid": os.getpid(),
+        "model": os.environ.get("GPU_ORCH_MODEL_ID", "?"),
+        "node": os.environ.get("GPU_ORCH_NODE", "?"),
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    while True:
+        os.write(fd, (json.dumps({**line, "t": time.time()}) + "\n").encode())
+        time.sleep(0.05)
+
+
 def serve(engine: FakeEngine) -> None:
     """Bind, announce readiness, arm the after-ready timers, then serve until killed."""
     options = engine.options
@@ -695,6 +713,8 @@ def serve(engine: FakeEngine) -> None:
         f"Uvicorn running on http://{options.host}:{options.port} (Press CTRL+C to quit)"
     )
     engine.record()
+    if options.alive_log is not None:
+        threading.Thread(target=tick_alive, args=(options.alive_log,), daemon=True).start()
     if options.close_log:
         engine.log.close_fds()
     if engine.failure_kind and not options.oom_during_start:

@@ -17,10 +17,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict
 
 from app.api.deps import get_services, require_inference_token
+from app.api.forwarding import MAX_HOPS, NODE_HEADER, forward_headers, hops, placed_here
 from app.api.relay import RelayResponse
+from app.orchestrator.cluster.errors import OwnedElsewhereError
 from app.orchestrator.gateway import GatewayError, adapter_names
-from app.orchestrator.gateway.errors import bad_request
-from app.orchestrator.gateway.upstream import UpstreamError
+from app.orchestrator.gateway.errors import bad_request, unavailable
+from app.orchestrator.gateway.upstream import UpstreamError, UpstreamResponse
 from app.orchestrator.wiring import Services
 
 
@@ -84,7 +86,7 @@ router = APIRouter(
 
 # Request headers an engine may use; the rest (the caller's token above all) stay here.
 _FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "user-agent", "x-request-id")
-_RESPONSE_HEADERS = ("content-type", "x-request-id")
+_RESPONSE_HEADERS = ("content-type", "x-request-id", "retry-after", NODE_HEADER)
 
 
 def _request_headers(request: Request) -> dict[str, str]:
@@ -110,8 +112,10 @@ def _model_of(body: bytes) -> tuple[str, bool]:
 
 @router.get("/models")
 async def list_models(services: ServicesDep) -> dict[str, Any]:
-    """Every registered model and adapter in OpenAI's list shape, each with its state."""
+    """Every registered model and adapter in OpenAI's list shape, each with its state (of the
+    whole cluster: any node's gateway serves every model)."""
     orchestrator = services.orchestrator
+    await orchestrator.refresh()
     statuses = orchestrator.statuses()
     data: list[dict[str, Any]] = []
     for spec in orchestrator.specs():
@@ -132,14 +136,18 @@ async def list_models(services: ServicesDep) -> dict[str, Any]:
     responses=_FORWARD_RESPONSES,
 )
 async def forward(path: str, request: Request, services: ServicesDep) -> Response:
-    """Any OpenAI call that carries a JSON `model`: chat/completions, completions, embeddings..."""
+    """Any OpenAI call that carries a JSON `model`: chat/completions, completions, embeddings...
+    A model another node serves (or a cold start placed there) is sent to that node's gateway."""
     body = await request.body()
     name, stream = _model_of(body)
     gateway, upstream_pool = services.gateway, services.upstream
     metrics = gateway.metrics
+    here = placed_here(request, services.orchestrator.node)
     stack = AsyncExitStack()
     try:
-        lease = await stack.enter_async_context(gateway.lease(name))
+        lease = await stack.enter_async_context(gateway.lease(name, placed_here=here))
+    except OwnedElsewhereError as elsewhere:
+        return await _to_node(elsewhere, f"/v1/{path}", body, stream, request, services)
     except GatewayError as error:
         model_id = route.model_id if (route := gateway.route(name)) else "unknown"
         metrics.gateway_requests_total.labels(model=model_id, code=error.status_code).inc()
@@ -159,7 +167,42 @@ async def forward(path: str, request: Request, services: ServicesDep) -> Respons
         ) from None
     stack.push_async_callback(upstream.aclose)
     metrics.gateway_requests_total.labels(model=lease.model_id, code=upstream.status_code).inc()
+    return await _relay(upstream, stream, stack, {})
+
+
+async def _to_node(
+    elsewhere: OwnedElsewhereError,
+    path: str,
+    body: bytes,
+    stream: bool,
+    request: Request,
+    services: Services,
+) -> Response:
+    """Send the request to the gateway of the node that serves the model; relay its answer."""
+    if elsewhere.url is None or hops(request) >= MAX_HOPS:
+        raise unavailable(str(elsewhere), code="node_unavailable", node=elsewhere.node)
+    headers = {**_request_headers(request), **forward_headers(request, elsewhere)}
+    try:
+        upstream = await services.upstream.send(
+            elsewhere.url.rstrip("/"), path, body=body, headers=headers
+        )
+    except UpstreamError as error:
+        raise GatewayError(
+            502,
+            f"node {elsewhere.node}, which serves {elsewhere.model_id}, did not answer: {error}",
+            error_type="api_error",
+            code="node_unreachable",
+        ) from None
+    stack = AsyncExitStack()
+    stack.push_async_callback(upstream.aclose)
+    return await _relay(upstream, stream, stack, {NODE_HEADER: elsewhere.node})
+
+
+async def _relay(
+    upstream: UpstreamResponse, stream: bool, stack: AsyncExitStack, extra: dict[str, str]
+) -> Response:
     headers = {name: value for name in _RESPONSE_HEADERS if (value := upstream.headers.get(name))}
+    headers.update(extra)
     if not stream:
         try:
             content = await upstream.read()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from app.api.deps import OrchestratorDep, SettingsDep
 from app.api.errors import from_command_error
+from app.api.forwarding import placed_here
 from app.api.routes.models import ModelId
 from app.api.schemas import (
     CanStartPublic,
@@ -75,6 +76,7 @@ async def start_model(
     model_id: ModelId,
     orchestrator: OrchestratorDep,
     settings: SettingsDep,
+    request: Request,
     response: Response,
     force: Force = False,
     evict: Annotated[
@@ -88,9 +90,13 @@ async def start_model(
     """202 when a start (or a wake from sleep) begins, 200 when the engine is already starting
     or running. Refused for room (409 with the figures), the answer lists what `evict=true`
     would unload (`would_evict`) and what it could not (`not_evictable`: busy, higher
-    priority)."""
+    priority). With other nodes, a model at rest is placed first (GPU_ORCH_PLACEMENT) and the
+    request goes to the node chosen; the answer's `node` and X-GPU-Orch-Node say which."""
+    here = placed_here(request, orchestrator.node)
     try:
-        result = await orchestrator.start_model(model_id, force=force, evict=evict)
+        result = await orchestrator.start_model(
+            model_id, force=force, evict=evict, placed_here=here
+        )
     except LookupError:
         raise ModelNotFoundError(model_id) from None
     if result.error is not None:

@@ -61,7 +61,9 @@ async def create_model(
 @router.get("", response_model=list[ModelPublic])
 async def list_models(orchestrator: OrchestratorDep, settings: SettingsDep) -> Response:
     """Every spec with its status. Built as plain data (the same shape as GET /models/{id}):
-    validating a list of hundreds twice per request cost most of this route's time."""
+    validating a list of hundreds twice per request cost most of this route's time. With
+    other nodes, every model of the cluster, each with its `status.node`."""
+    await orchestrator.refresh()
     statuses = orchestrator.statuses()
     payload = [
         model_public_data(
@@ -80,6 +82,8 @@ async def list_models(orchestrator: OrchestratorDep, settings: SettingsDep) -> R
 async def get_model(
     model_id: ModelId, orchestrator: OrchestratorDep, settings: SettingsDep
 ) -> Response:
+    if not orchestrator.owns(model_id):
+        await orchestrator.refresh()  # another node's model: as of its latest write
     return _public(orchestrator, settings, model_id)
 
 

@@ -59,8 +59,12 @@ class Gateway:
         return self._routes.get(name)
 
     async def _route_or_wait(self, name: str) -> Route:
-        """The route of `name`; an adapter being added right now is waited for (its load)."""
+        """The route of `name`; an adapter being added right now is waited for (its load), and
+        a name this node has not heard of is looked up in the cluster's tables first."""
         route = self.route(name)
+        if route is None and self.orchestrator.cluster.shared:
+            await self.orchestrator.refresh()
+            route = self.route(name)
         loading = self.orchestrator.loading_adapters.get(name)
         if route is None and loading is not None:
             with contextlib.suppress(TimeoutError):
@@ -71,8 +75,13 @@ class Gateway:
         return route
 
     @asynccontextmanager
-    async def lease(self, name: str) -> AsyncIterator[Lease]:
+    async def lease(self, name: str, *, placed_here: bool = False) -> AsyncIterator[Lease]:
+        """Raises OwnedElsewhereError when another node serves the model (or a cold start is
+        placed on one): the caller sends the request there."""
         route = await self._route_or_wait(name)
+        elsewhere = self.orchestrator.remote_owner(route.model_id)
+        if elsewhere is not None:
+            raise elsewhere
         activity = self.activity.of(route.model_id)
         try:
             activity.enter_queue(self.settings.gateway_max_queue)
@@ -85,7 +94,7 @@ class Gateway:
             ) from None
         waited_from = time.monotonic()
         try:
-            base_url = await self._ready(route.model_id)
+            base_url = await self._ready(route.model_id, placed_here=placed_here)
             spec = self.orchestrator.spec(route.model_id)
             await activity.take_slot(spec.max_concurrency)
         finally:
@@ -99,15 +108,18 @@ class Gateway:
             in_flight.dec()
             activity.release_slot(self.clock.now())
 
-    async def _ready(self, model_id: str) -> str:
+    async def _ready(self, model_id: str, *, placed_here: bool) -> str:
         """The base URL of the model's running engine, starting it on demand."""
         status = self.orchestrator.status(model_id)
-        if status.state == ModelState.RUNNING and status.port is not None:
+        local = self.orchestrator.owns(model_id)
+        if local and status.state == ModelState.RUNNING and status.port is not None:
             return self.orchestrator.ctx.base_url(status.port)
         spec = self.orchestrator.spec(model_id)
         _refuse_if_unservable(model_id, status, on_demand=spec.on_demand, clock=self.clock)
-        if status.state not in (ModelState.STARTING, ModelState.RUNNING):
-            result = await self.orchestrator.start_model(model_id, evict=True)
+        if not local or status.state not in (ModelState.STARTING, ModelState.RUNNING):
+            result = await self.orchestrator.start_model(
+                model_id, evict=True, placed_here=placed_here
+            )
             if result.error is not None:
                 raise unavailable(
                     f"model {model_id} cannot start: {result.error.message}",

@@ -295,6 +295,10 @@ class GpuAllocator:
         if self._running.pop(model_id, None) is not None:
             self._probe.engine_removed(model_id)
 
+    def low_memory_gpus(self) -> frozenset[int]:
+        """The GPUs whose low-memory alert is raised (starts there need force)."""
+        return frozenset(self._low_memory())
+
     @property
     def margin_mib(self) -> int:
         return self._margin_mib

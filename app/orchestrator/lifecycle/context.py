@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +42,8 @@ class RunContext:
     # Requests in flight and the last one's time, per model: the gateway writes them, idle
     # unload and eviction read them.
     activity: ActivityBoard = field(default_factory=ActivityBoard)
+    # Whether this node may launch the model's engine now (holds its lease, heartbeat current).
+    may_launch: Callable[[str], bool] = field(default=lambda _model_id: True)
 
     def log_path(self, model_id: str) -> Path:
         return self.settings.resolved_log_dir / f"{model_id}.log"

@@ -15,6 +15,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.orchestrator.cluster.stale import MODEL_ENV
 from app.orchestrator.engine_command import EngineCommand, build_engine_command, engine_lora_limits
 from app.orchestrator.gpu.headroom import HeadroomDecision
 from app.orchestrator.launchers.base import EngineHandle, LaunchError, LaunchRequest
@@ -146,6 +147,7 @@ async def _reserved_launch(
     token = uuid.uuid4().hex
     try:
         command = _command(ctx, spec, resolved, port=port, gpu_ids=decision.gpu_ids, token=token)
+        command.env[MODEL_ENV] = spec.id
     except AdapterError as error:
         return _adapter_refusal(error)
     writer.set_desired(DesiredState.RUNNING)
@@ -161,8 +163,12 @@ async def _reserved_launch(
         pid_create_time=None,
         next_attempt_at=None,
         restart_needed=False,
+        node=ctx.settings.node_name,
     )
-    await ctx.registry.flush()
+    await ctx.registry.flush()  # fenced: refused unless this node still holds the lease
+    if not ctx.may_launch(spec.id):
+        message = f"node {ctx.settings.node_name} cannot renew its lease of {spec.id}"
+        return CommandError(ErrorCode.LAUNCH_FAILED, message)
     request = LaunchRequest(
         model_id=spec.id,
         argv=command.argv,

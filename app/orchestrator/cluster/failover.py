@@ -1,0 +1,47 @@
+"""Failover: which models of lost nodes this node should start. Pure over a snapshot.
+
+A model is orphaned when its lease has expired (its node stopped heartbeating for
+NODE_TIMEOUT_S) while it is wanted running and allows failover. Every live node runs the same
+choice over the same tables; each takes only the models placement gives to itself, and the
+lease's row lock settles the rare tie (one node wins, the other finds it held).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.orchestrator.cluster.placement import place
+from app.orchestrator.cluster.view import ClusterSnapshot
+from app.orchestrator.lifecycle import DesiredState
+from app.settings import Placement
+
+
+@dataclass(frozen=True)
+class Orphan:
+    model_id: str
+    lost_node: str
+    reason: str
+
+
+def orphans_for(
+    snapshot: ClusterSnapshot, *, here: str, policy: Placement, margin_mib: int
+) -> list[Orphan]:
+    """The orphaned models that placement gives to node `here`, by priority (highest first)."""
+    chosen = []
+    live_nodes = [row for row in snapshot.nodes.values() if row.expires_at > snapshot.now]
+    for model_id, lease in snapshot.leases.items():
+        spec = snapshot.specs.get(model_id)
+        status = snapshot.statuses.get(model_id)
+        if spec is None or status is None or lease.node == here:
+            continue
+        if lease.expires_at > snapshot.now or not spec.failover:
+            continue
+        if status.desired_state != DesiredState.RUNNING:
+            continue
+        choice = place(
+            spec, live_nodes, here=here, now=snapshot.now, policy=policy, margin_mib=margin_mib
+        )
+        if choice.node == here:
+            chosen.append((spec.priority, Orphan(model_id, lease.node, choice.reason)))
+    chosen.sort(key=lambda item: (-item[0], item[1].model_id))
+    return [orphan for _priority, orphan in chosen]

@@ -1,0 +1,90 @@
+"""What this node knows of the rest of the cluster: every spec, status, lease and node, as one
+read of the shared store, at most `max_age_s` old. Models this node owns are read from their
+supervisors instead; the view answers for the others (their node writes them)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from app.orchestrator.registry import Registry, StoredSpecInvalidError, spec_from_row
+from app.orchestrator.spec import ModelSpec
+from app.store import cluster as store
+from app.store import repository
+from app.store.db import session_scope
+from app.store.tables import LeaseRow, NodeRow, StatusRow
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClusterSnapshot:
+    now: datetime
+    read_at: float = 0.0  # monotonic
+    specs: dict[str, ModelSpec] = field(default_factory=dict)
+    statuses: dict[str, StatusRow] = field(default_factory=dict)
+    leases: dict[str, LeaseRow] = field(default_factory=dict)
+    nodes: dict[str, NodeRow] = field(default_factory=dict)
+
+    def alive(self, node: str) -> bool:
+        row = self.nodes.get(node)
+        return row is not None and row.expires_at > self.now
+
+    def live_owner(self, model_id: str) -> str | None:
+        """The node holding a live lease of the model, if any."""
+        lease = self.leases.get(model_id)
+        if lease is None or lease.expires_at <= self.now:
+            return None
+        return lease.node
+
+    def url(self, node: str) -> str | None:
+        row = self.nodes.get(node)
+        return None if row is None else row.url
+
+
+def read_snapshot(registry: Registry) -> ClusterSnapshot:
+    """One transaction over the shared tables (blocking: run it off the loop)."""
+    with session_scope(registry.engine) as session:
+        now = store.db_now(session)
+        rows = repository.list_models(session=session)
+        statuses = repository.list_statuses(session=session)
+        leases = store.list_leases(session)
+        nodes = store.list_nodes(session)
+    specs: dict[str, ModelSpec] = {}
+    for row in rows:
+        try:
+            specs[row.id] = spec_from_row(row)
+        except StoredSpecInvalidError as error:
+            logger.error("%s", error)
+    return ClusterSnapshot(
+        now=now,
+        read_at=time.monotonic(),
+        specs=specs,
+        statuses={row.model_id: row for row in statuses},
+        leases={row.model_id: row for row in leases},
+        nodes={row.name: row for row in nodes},
+    )
+
+
+class ClusterView:
+    def __init__(self, registry: Registry, *, max_age_s: float) -> None:
+        self.registry = registry
+        self.max_age_s = max_age_s
+        self.latest = ClusterSnapshot(now=datetime.now(UTC))
+        self._reading: asyncio.Task[ClusterSnapshot] | None = None
+
+    async def read(self, *, max_age_s: float | None = None) -> ClusterSnapshot:
+        """A snapshot no older than `max_age_s` (default the view's); concurrent callers share
+        one read."""
+        limit = self.max_age_s if max_age_s is None else max_age_s
+        if time.monotonic() - self.latest.read_at <= limit:
+            return self.latest
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.create_task(asyncio.to_thread(read_snapshot, self.registry))
+        snapshot = await asyncio.shield(self._reading)
+        if snapshot.read_at >= self.latest.read_at:
+            self.latest = snapshot
+        return self.latest
