@@ -134,6 +134,7 @@ class MemoryWorld:
     async def recorded(self, spec: ModelSpec, **status_fields: Any) -> StatusRow:
         """A model as a previous orchestrator left it in the store (no supervisor yet)."""
         status = await self.ctx.registry.create(spec, source="test")
+        await self.orchestrator.cluster.leases.acquire(spec.id)  # the node's, as before
         for name, value in status_fields.items():
             setattr(status, name, value)
         self.ctx.registry.save_status(status)
