@@ -145,9 +145,10 @@ class Orchestrator:
             self.spec_version += 1
 
     async def refresh(self) -> None:
-        """Bring the view of other nodes' models up to date (a no-op alone on SQLite)."""
+        """Read the other nodes' models as they are now (a no-op alone on SQLite): one read of
+        the shared tables, shared by the requests that ask at the same time."""
         if self.cluster.shared:
-            self._note_view(await self.cluster.view.read())
+            self._note_view(await self.cluster.view.read(max_age_s=0))
 
     async def shutdown(self) -> None:
         """Leave engines running (upgrades without downtime) unless the setting says stop."""
@@ -167,6 +168,8 @@ class Orchestrator:
         await asyncio.gather(*self._tasks.values(), *self._background, return_exceptions=True)
         await self.ctx.registry.flush()
         if self.cluster.membership is not None:
+            if self.ctx.settings.stop_engines_on_shutdown:
+                await asyncio.to_thread(self.cluster.membership.stop_watchdog)
             try:
                 await asyncio.to_thread(self.cluster.membership.leave)
             except Exception:  # the database is gone: the name frees itself at its expiry

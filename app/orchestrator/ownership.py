@@ -72,14 +72,18 @@ class Ownership:
             claimed.append((spec, self._claimed(status)))
         return claimed
 
-    def _claimed(self, status: StatusRow) -> StatusRow:
+    def _claimed(self, status: StatusRow, *, failover: bool = True) -> StatusRow:
         """The status as this node takes it: another node's engine is not this node's to adopt
-        (its pid means nothing here), so its run is recorded as ended, wanted as it was."""
+        (its pid means nothing here), so its run is recorded as ended. A failover keeps it
+        wanted running (and starts it); a model taken for an operator's command (its node is
+        lost and it allows no failover) is wanted stopped until that command says otherwise."""
         if status.node in (None, self.node):
             return status
         taken = StatusRow(**status.model_dump())
         if taken.state in ENGINE_STATES:
             taken.state = "stopped"
+        if not failover:
+            taken.desired_state = DesiredState.STOPPED
         taken.pid = taken.pid_create_time = taken.launch_token = taken.port = None
         taken.unit_name = None
         taken.gpu_ids = []
@@ -121,7 +125,7 @@ class Ownership:
             if spec is None or status is None:
                 self.cluster.leases.forget(model_id)
                 raise LookupError(model_id)
-            return await self.adopt(spec, self._claimed(status))
+            return await self.adopt(spec, self._claimed(status, failover=False))
 
     async def adopt(self, spec: ModelSpec, status: StatusRow) -> Supervisor:
         """Spawn the model's supervisor here and wait for it to adopt (or start) its engine."""

@@ -142,6 +142,7 @@ async def build_services(settings: Settings, overrides: Overrides | None = None)
         cluster = ClusterNode.alone(registry, settings)
     else:
         membership.gpus = lambda: published_gpus(probe, allocator)
+        allocator.on_change = membership.publish_soon
         cluster = ClusterNode.member(registry, settings, membership)
     orchestrator = Orchestrator(ctx, cluster)
     return Services(

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import socket
+import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,7 @@ from typing import Any
 import psutil
 from sqlalchemy import Engine
 
+from app.orchestrator.cluster import watchdog
 from app.settings import Settings
 from app.store import cluster as store
 from app.store.cluster import NodeClaim, NodeNameHeldError
@@ -72,10 +74,21 @@ class NodeMembership:
         self.fenced = False
         self.cluster_id = ""
         self.beats = 0
+        # The watchdog (cluster/watchdog.py) stops this node's engines when renewals stop.
+        self.state_dir = settings.state_dir
+        self.heartbeat_file = settings.state_dir / watchdog.HEARTBEAT_FILE
+        self.watchdog_grace_s = min(settings.stop_grace_s, self.ttl_s / 6)
+        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._publish = asyncio.Event()
 
     @property
     def name(self) -> str:
         return self.claim.name
+
+    def publish_soon(self) -> None:
+        """The GPUs changed (an engine placed or gone): heartbeat now, so other nodes place
+        their next start by the new figures rather than those of up to an interval ago."""
+        self._publish.set()
 
     def valid(self) -> bool:
         return not self.fenced and self._monotonic() < self._valid_until
@@ -89,6 +102,27 @@ class NodeMembership:
             )
             self.cluster_id = store.cluster_id(session)
         self._valid_until = sent + self.trust_s
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        watchdog.touch(self.heartbeat_file)
+
+    def ensure_watchdog(self) -> None:
+        """Start the node's watchdog unless this process's one still runs (one that another
+        process started exits at once: it holds the node's lock)."""
+        if self._watchdog is not None and self._watchdog.poll() is None:
+            return
+        self._watchdog = watchdog.spawn(
+            self.state_dir,
+            cluster_id=self.cluster_id,
+            node=self.name,
+            trust_s=self.trust_s,
+            grace_s=self.watchdog_grace_s,
+        )
+
+    def stop_watchdog(self) -> None:
+        """A clean exit that stops its engines needs no guard left behind."""
+        if self._watchdog is not None and self._watchdog.poll() is None:
+            self._watchdog.terminate()
+            self._watchdog.wait(timeout=10)
 
     def _beat(self) -> bool:
         gpus = self.gpus()  # here, off the loop: NVML calls block
@@ -111,13 +145,17 @@ class NodeMembership:
         if renewed:
             self._valid_until = sent + self.trust_s
             self.beats += 1
+            watchdog.touch(self.heartbeat_file)
         return renewed
 
     async def run(self, stop: asyncio.Event, *, fenced: Hook, recovered: Hook, beat: Hook) -> None:
         """Heartbeat until `stop`; call `fenced` when the leases can no longer be trusted,
         `recovered` when a renewal succeeds again, `beat` after every successful one."""
         while not stop.is_set():
+            self._publish.clear()  # a change from here on is published by the next beat
             renewed = await self.beat_once()
+            if renewed:
+                self.ensure_watchdog()
             if renewed is False:
                 logger.error("node %s: another process holds this node name now", self.name)
                 self._valid_until = 0.0
@@ -129,6 +167,19 @@ class NodeMembership:
                 self.fenced = True
                 await fenced()
             if renewed:
-                await beat()
+                try:
+                    await beat()
+                except Exception:  # the heartbeat must outlive a failed failover pass
+                    logger.exception("node %s: after-heartbeat pass failed", self.name)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval_s)
+                await asyncio.wait_for(_first(stop, self._publish), self.interval_s)
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Return when any of `events` is set."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -79,7 +79,9 @@ class Gateway:
         """Raises OwnedElsewhereError when another node serves the model (or a cold start is
         placed on one): the caller sends the request there."""
         route = await self._route_or_wait(name)
-        elsewhere = self.orchestrator.remote_owner(route.model_id)
+        # A request another node placed here comes with the lease just released to this node:
+        # the view may still name its old holder.
+        elsewhere = None if placed_here else self.orchestrator.remote_owner(route.model_id)
         if elsewhere is not None:
             raise elsewhere
         activity = self.activity.of(route.model_id)

@@ -203,6 +203,8 @@ class GpuAllocator:
         self._reserved: dict[str, GpuHold] = {}
         self._running: dict[str, GpuHold] = {}
         self._last_snapshot: GpuSnapshot | None = None
+        # Called after every change of what is reserved or placed (a node publishes it then).
+        self.on_change: Callable[[], None] = lambda: None
 
     async def reserve(
         self,
@@ -233,6 +235,7 @@ class GpuAllocator:
                 snapshot, reserved_mib_by_gpu, gpu_memory_util, tensor_parallel_size, force
             )
             if decision.ok:
+                self.on_change()
                 totals_mib = {f.index: f.total_mib for f in decision.gpus}
                 self._reserved[model_id] = GpuHold(
                     model_id,
@@ -255,6 +258,7 @@ class GpuAllocator:
     def release(self, model_id: str) -> None:
         """Drop the reservation: the engine failed or was stopped before it ran."""
         self._reserved.pop(model_id, None)
+        self.on_change()
 
     def mark_running(self, model_id: str) -> None:
         """The engine serves: its memory is now real, so the reservation becomes a placement."""
@@ -263,11 +267,13 @@ class GpuAllocator:
             logger.warning("mark_running(%s) without a reservation; nothing placed", model_id)
             return
         self._place(GpuHold(model_id, "running", hold.gpu_ids, hold.held_mib_by_gpu))
+        self.on_change()
 
     def adopt(self, model_id: str, gpu_ids: tuple[int, ...], *, held_mib: int) -> None:
         """Record an engine found running (e.g. re-adopted after an orchestrator restart)."""
         self._reserved.pop(model_id, None)
         self._place(GpuHold(model_id, "running", gpu_ids, dict.fromkeys(gpu_ids, held_mib)))
+        self.on_change()
 
     def adopt_gpus(
         self, model_id: str, gpu_ids: tuple[int, ...], *, gpu_memory_util: float
@@ -294,6 +300,7 @@ class GpuAllocator:
         self._reserved.pop(model_id, None)
         if self._running.pop(model_id, None) is not None:
             self._probe.engine_removed(model_id)
+        self.on_change()
 
     def low_memory_gpus(self) -> frozenset[int]:
         """The GPUs whose low-memory alert is raised (starts there need force)."""
@@ -312,6 +319,7 @@ class GpuAllocator:
         self._reserved.pop(model_id, None)
         self._running.pop(model_id, None)
         self._probe.engine_removed(model_id)
+        self.on_change()
 
     def placements(self) -> dict[str, tuple[int, ...]]:
         """Model -> GPU ids, for engines running and reserved alike (`holds` says which)."""
