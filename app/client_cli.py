@@ -513,6 +513,8 @@ def add_client_commands(commands: Any, clock: WaitClock | None = None) -> None:
     remove_adapter.add_argument("name", metavar="NAME")
     gpus = _get("/gpus", client_format.gpus_report)
     leaf(commands, "gpus", gpus, "per-GPU memory, reservations, models and alerts")
+    nodes_help = "the cluster's nodes: alive, GPUs, free memory, models, last heartbeat"
+    leaf(commands, "nodes", _get("/nodes", client_format.nodes_table), nodes_help)
     leaf(commands, "agents", _agents, "which agent's adapter sits on which model, and where")
     events_help = "the node's events: --follow prints them live, as GET /events streams them"
     _events_options(leaf(commands, "events", _events, events_help))

@@ -165,6 +165,24 @@ def gpus_report(document: Mapping[str, Any]) -> str:
     return header + "\n" + render_table(headers, rows)
 
 
+def nodes_table(document: Any) -> str:
+    """One row per node of the cluster: alive, free memory, its models, last heartbeat."""
+    headers = ("NODE", "ALIVE", "URL", "GPUS", "FREE MiB", "MODELS", "LAST HEARTBEAT")
+    rows = [
+        (
+            node.get("name"),
+            "yes" if node.get("alive") else "no",
+            node.get("url"),
+            len(node.get("gpus") or []),
+            node.get("free_mib"),
+            [f"{model.get('id')} ({model.get('state')})" for model in node.get("models") or []],
+            node.get("last_heartbeat_at"),
+        )
+        for node in document or []
+    ]
+    return render_table(headers, rows)
+
+
 def _pick(entry: Mapping[str, Any], *names: str) -> object:
     for name in names:
         if entry.get(name) is not None:

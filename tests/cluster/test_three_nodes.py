@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,6 +104,17 @@ def test_placement_forwarding_and_the_gateway_across_three_nodes(cluster: Cluste
     assert [g["total_mib"] for g in nodes["c"]["gpus"]] == [81920]
     assert all(node["alive"] and node["last_heartbeat_at"] for node in nodes.values())
     assert overlaps_across_nodes(cluster.alive_log) == []
+
+    listing = subprocess.run(
+        [sys.executable, "-m", "app.cli", "nodes", "--url", c.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    rows = {line.split()[0]: line for line in listing.splitlines()[1:]}
+    assert set(rows) == {"a", "b", "c"} and "m1 (running)" in rows["a"]
+    assert all(" yes " in row for row in rows.values())
 
 
 def _start_on(cluster: Cluster, node: str, model_id: str) -> float:

@@ -106,7 +106,7 @@
   }
 
   // -- models -------------------------------------------------------------------------------
-  const FIELDS = ["id", "state", "desired", "since", "pid", "port", "gpus", "restarts", "ooms",
+  const FIELDS = ["id", "state", "desired", "node", "since", "pid", "port", "gpus", "restarts", "ooms",
     "failure", "actions"];
 
   function rowOf(modelId) {
@@ -156,6 +156,7 @@
     badge.textContent = status.state;
     row.querySelector('[data-field="state"]').replaceChildren(badge);
     text(row, "desired", status.desired_state);
+    text(row, "node", status.node);
     text(row, "since", since(status.since));
     row.querySelector('[data-field="since"]').title = status.since;
     text(row, "pid", status.pid);
