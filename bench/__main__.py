@@ -19,7 +19,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import adapters, api_cost, detection, gateway, readiness, real_engine, scale, swap
+from bench import (
+    adapters,
+    api_cost,
+    cluster,
+    detection,
+    gateway,
+    readiness,
+    real_engine,
+    scale,
+    swap,
+)
 from bench.harness import sweep_engines
 from bench.report import SectionResult, machine_info, render_markdown, render_table, write_json
 
@@ -33,6 +43,7 @@ SECTIONS: dict[str, tuple[str, Runner]] = {
     gateway.NAME: (gateway.TITLE, gateway.run),
     adapters.NAME: (adapters.TITLE, adapters.run),
     swap.NAME: (swap.TITLE, swap.run),
+    cluster.NAME: (cluster.TITLE, cluster.run),
 }
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
 
