@@ -296,8 +296,8 @@ class Orchestrator:
             await self._create(spec, source=source)
 
     async def _create(self, spec: ModelSpec, *, source: str) -> None:
-        if spec.id in self.supervisors or spec.id in self.cluster.view.latest.specs:
-            raise AlreadyExistsError(spec.id)
+        if spec.id in self.supervisors:
+            raise AlreadyExistsError(spec.id)  # another node's model: the insert says so
         self._check_names(spec)
         status = await self.ctx.registry.create(spec, source=source)
         # The node that creates a model holds it until a start places it elsewhere.
@@ -319,9 +319,18 @@ class Orchestrator:
     async def sync_model(self, spec: ModelSpec, *, source: str) -> str:
         """Create or update from a manifest; a running model is flagged, never restarted."""
         async with self._changing:
-            if spec.id not in self.supervisors and spec.id not in self.cluster.view.latest.specs:
-                await self._create(spec, source=source)
-                return "created"
+            if spec.id not in self.supervisors:
+                with contextlib.suppress(AlreadyExistsError):  # known to another node
+                    await self._create(spec, source=source)
+                    return "created"
+                # Every node may load the same manifests (one ConfigMap): a spec as stored
+                # needs no lease, and another node's model is that node's to update.
+                await self.refresh()
+                with contextlib.suppress(ModelNotFoundError):
+                    if self.spec(spec.id) == spec:
+                        return "unchanged"
+                if self.remote_owner(spec.id) is not None:
+                    return "unchanged"
             supervisor = await self._own(spec.id)
             self._check_names(spec)
             result = await supervisor.update(spec, source=source, running_policy="flag")
@@ -341,6 +350,7 @@ class Orchestrator:
             return result
         self.supervisors.pop(model_id, None)
         self.cluster.leases.forget(model_id)  # deleted with its model
+        self.cluster.view.forget(model_id)
         self.activity.forget(model_id)
         self.spec_version += 1
         task = self._tasks.pop(model_id)

@@ -291,3 +291,30 @@ def test_a_model_without_failover_waits_for_its_node_and_requests_name_it(
     assert started.status_code == 202 and started.json()["node"] == "b"
     assert cluster.wait_running_on("m1", via="b") == "b"
     assert overlaps_across_nodes(cluster.alive_log) == []
+
+
+def test_nodes_loading_the_same_manifests_share_one_model(cluster: Cluster) -> None:
+    """One ConfigMap on every node: the first node creates the model, the others find it
+    stored as their manifest says and leave it to its node, with no issue reported."""
+    repo_config = Path(__file__).resolve().parents[2] / "config"
+    for name in ("a", "b"):
+        config = cluster.root / name / "config"
+        config.mkdir(parents=True)
+        for file in ("vllm_mistral_7b.yaml", "AGENT_MODEL_MAP.json"):
+            (config / file).write_text((repo_config / file).read_text())
+        cluster.start(name)
+    reports = {name: cluster.nodes[name].client.get("/manifests").json() for name in ("a", "b")}
+    assert [m["action"] for m in reports["a"]["manifests"]] == ["created"]
+    assert [m["action"] for m in reports["b"]["manifests"]] == ["unchanged"]
+    # (No ModelStore here: both report the same unresolved adapters, and nothing else.)
+    issues = [
+        [issue["reason"] for issue in m["issues"]]
+        for report in reports.values()
+        for m in report["manifests"]
+    ]
+    assert issues[0] == issues[1] and all("not resolved" in r for r in issues[0]), issues
+    assert [m["id"] for m in cluster.nodes["b"].client.get("/models").json()] == ["mistral-7b"]
+    # b reloads: still nothing to do, and nothing taken from a.
+    assert cluster.nodes["b"].client.post("/manifests/reload").status_code == 200
+    nodes = {n["name"]: n for n in cluster.nodes["b"].client.get("/nodes").json()}
+    assert [m["id"] for m in nodes["a"]["models"]] == ["mistral-7b"] and not nodes["b"]["models"]

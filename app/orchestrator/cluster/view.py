@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from app.orchestrator.registry import Registry, StoredSpecInvalidError, spec_from_row
@@ -75,6 +75,16 @@ class ClusterView:
         self.max_age_s = max_age_s
         self.latest = ClusterSnapshot(now=datetime.now(UTC))
         self._reading: asyncio.Task[ClusterSnapshot] | None = None
+
+    def forget(self, model_id: str) -> None:
+        """This node deleted the model: the view stops showing it before its next read."""
+        latest = self.latest
+        self.latest = replace(
+            latest,
+            specs={k: v for k, v in latest.specs.items() if k != model_id},
+            statuses={k: v for k, v in latest.statuses.items() if k != model_id},
+            leases={k: v for k, v in latest.leases.items() if k != model_id},
+        )
 
     async def read(self, *, max_age_s: float | None = None) -> ClusterSnapshot:
         """A snapshot no older than `max_age_s` (default the view's); concurrent callers share
