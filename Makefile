@@ -26,14 +26,22 @@ engine-env:
 tiny-model: engine-env
 	bash scripts/tiny-model.sh
 
-# System packages the tests drive (Chromium, promtool, logrotate), installed when missing.
+# System packages the tests drive (Chromium, promtool, logrotate, PostgreSQL), installed if missing.
 test-deps:
 	bash scripts/test-deps.sh
+
+# The store-level tiers run a second time on a real PostgreSQL that the tests start themselves
+# (tests/pg_server.py; docs/operations/postgresql.md).
+PG_TIERS := tests/lifecycle tests/unit/test_store_backends.py tests/api/test_models_api.py \
+	tests/api/test_events_api.py tests/api/test_manifests_api.py
 
 test: venv test-deps tiny-model lint typecheck
 	GPU_ORCH_TEST_ENGINE_PYTHON="$$(bash scripts/engine-env.sh)/bin/python" \
 	GPU_ORCH_TEST_TINY_MODEL="$$(bash scripts/tiny-model.sh)" \
 	$(BIN)/pytest -q -p no:cacheprovider
+	GPU_ORCH_TEST_ENGINE_PYTHON="$$(bash scripts/engine-env.sh)/bin/python" \
+	GPU_ORCH_TEST_TINY_MODEL="$$(bash scripts/tiny-model.sh)" \
+	$(BIN)/pytest -q -p no:cacheprovider --database=postgresql $(PG_TIERS)
 
 test-fast: venv
 	$(BIN)/pytest -q -m "not engine"

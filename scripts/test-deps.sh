@@ -5,6 +5,8 @@
 #   /usr/bin/chromium  chromium    the console and offline-docs tests drive Debian's Chromium
 #   promtool           prometheus  `promtool check rules|metrics` on deploy/prometheus and /metrics
 #   /usr/sbin/logrotate logrotate  deploy/logrotate's rules run on a live log directory
+#   /usr/lib/postgresql/*/bin/initdb postgresql  the store tiers run again on a real PostgreSQL
+#                                                 (tests/pg_server.py starts its own server)
 #
 # Run as root (CI and the development machines are); elsewhere it says what to install.
 set -euo pipefail
@@ -13,13 +15,17 @@ REQUIREMENTS=(
   "/usr/bin/chromium chromium"
   "promtool prometheus"
   "/usr/sbin/logrotate logrotate"
+  "/usr/lib/postgresql/*/bin/initdb postgresql"
 )
 
 missing=()
 for requirement in "${REQUIREMENTS[@]}"; do
   read -r probe package <<<"$requirement"
   if [[ "$probe" == /* ]]; then
-    [[ -x "$probe" ]] && continue
+    # A path may be a glob (any installed version); unquoted, so that it expands.
+    for candidate in $probe; do
+      [[ -x "$candidate" ]] && continue 2
+    done
   else
     command -v "$probe" >/dev/null 2>&1 && continue
   fi
