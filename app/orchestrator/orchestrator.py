@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from app.orchestrator.activity import ActivityBoard
 from app.orchestrator.cluster.errors import OwnedElsewhereError
+from app.orchestrator.cluster.event_relay import relay_events
 from app.orchestrator.cluster.node import ClusterNode
 from app.orchestrator.cluster.view import ClusterSnapshot
 from app.orchestrator.lifecycle import (
@@ -124,6 +125,10 @@ class Orchestrator:
                 beat=self._after_heartbeat,
             )
             self._background.append(asyncio.create_task(heartbeat))
+            # Other nodes' events reach this node's listeners (its /events streams) too.
+            after_id = await asyncio.to_thread(self.ctx.registry.last_event_id)
+            relay = relay_events(self.ctx.registry, self._stop_watching, after_id=after_id)
+            self._background.append(asyncio.create_task(relay))
         for make_task in extra_tasks:
             self._background.append(make_task())
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -32,6 +33,7 @@ from app.store.tables import EventRow, ModelRow, StatusRow
 
 T = TypeVar("T")
 _LOCK_RETRIES = 5
+_TOLD_KEPT = 10_000
 EventListener = Callable[[EventRow], None]
 
 logger = logging.getLogger(__name__)
@@ -76,6 +78,8 @@ class Registry:
         # Called inside every write of one model's spec or status, in its transaction: raises
         # when this node may not write the model (it does not hold its lease; cluster/leases.py).
         self.fence: Callable[[Session, str], None] | None = None
+        # Ids of the events told to the listeners lately: each is told once.
+        self._told: OrderedDict[int, None] = OrderedDict()
 
     # -- plumbing ---------------------------------------------------------------------------
     def _run(self, work: Callable[[Session], T]) -> T:
@@ -155,8 +159,19 @@ class Registry:
             return
         loop.call_soon_threadsafe(self._notify, events)
 
+    def deliver(self, events: list[EventRow]) -> None:
+        """Tell the listeners of events other nodes committed (cluster/event_relay.py); on the
+        loop. An event already told (this node's own, or read twice) is not told again."""
+        self._notify(events)
+
     def _notify(self, events: list[EventRow]) -> None:
         for event in events:
+            if event.id is not None:
+                if event.id in self._told:
+                    continue
+                self._told[event.id] = None
+                if len(self._told) > _TOLD_KEPT:
+                    self._told.popitem(last=False)
             for listener in list(self._listeners):
                 try:
                     listener(event)
@@ -293,6 +308,9 @@ class Registry:
         return self._run(
             lambda session: repository.list_events(session=session, model_id=model_id, limit=limit)
         )
+
+    def last_event_id(self) -> int:
+        return self._run(lambda session: repository.last_event_id(session=session))
 
     def events_after(
         self, after_id: int, *, model_id: str | None = None, limit: int = 1000

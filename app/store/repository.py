@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import delete as sql_delete
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from app.store.tables import EventRow, ModelRow, StatusRow
 
@@ -128,6 +128,11 @@ def list_events(*, session: Session, model_id: str, limit: int) -> list[EventRow
         session.expunge(row)
         row.at = utc(row.at) or row.at
     return rows
+
+
+def last_event_id(*, session: Session) -> int:
+    """The highest event id (0 with none)."""
+    return int(session.exec(select(func.max(col(EventRow.id)))).one() or 0)
 
 
 def list_events_after(

@@ -14,11 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import psutil
 import pytest
 from sqlalchemy.engine import make_url
 
+from app.client_events import parse_sse
+from tests.api.live_server import sse_headers
+from tests.api.test_events_api import events_of, has
 from tests.cluster.nodes import Cluster, cluster_of, overlaps_across_nodes, served_intervals
 from tests.cluster.tcp_proxy import TcpProxy
 from tests.fakes import wait_until
@@ -318,3 +322,23 @@ def test_nodes_loading_the_same_manifests_share_one_model(cluster: Cluster) -> N
     assert cluster.nodes["b"].client.post("/manifests/reload").status_code == 200
     nodes = {n["name"]: n for n in cluster.nodes["b"].client.get("/nodes").json()}
     assert [m["id"] for m in nodes["a"]["models"]] == ["mistral-7b"] and not nodes["b"]["models"]
+
+
+def test_a_nodes_event_stream_carries_the_other_nodes_events(cluster: Cluster) -> None:
+    """The console on b follows a model that runs on a: a's transitions reach b's /events,
+    once each, in id order."""
+    for name in ("a", "b"):
+        cluster.start(name)
+    a, b = cluster.nodes["a"], cluster.nodes["b"]
+    with (
+        httpx.Client(base_url=b.url, timeout=20) as http,
+        http.stream("GET", "/events", headers=sse_headers()) as response,
+    ):
+        messages = parse_sse(response.iter_lines())
+        assert a.client.post("/models", json={"id": "m1", **SPEC}).status_code == 201
+        assert a.client.post("/models/m1/start").json()["node"] == "a"
+        events = events_of(messages, has("transition", "m1", "running"))
+    transitions = [(e["from_state"], e["to_state"]) for e in events if e["kind"] == "transition"]
+    assert transitions == [("stopped", "starting"), ("starting", "running")]
+    ids = [event["id"] for event in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
