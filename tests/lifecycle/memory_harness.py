@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.orchestrator.cluster.gpus import published_gpus
+from app.orchestrator.cluster.membership import NodeMembership
+from app.orchestrator.cluster.node import ClusterNode
 from app.orchestrator.gpu.headroom import GpuAllocator, GpuHold
 from app.orchestrator.gpu.simulated import SimulatedGpuProbe
 from app.orchestrator.lifecycle import (
@@ -276,9 +279,16 @@ def memory_settings(tmp_path: Path, **overrides: Any) -> Settings:
 
 @asynccontextmanager
 async def memory_world(
-    tmp_path: Path, *, gpus_mib: tuple[int, ...] = (GPU_MIB,), **settings: Any
+    tmp_path: Path,
+    *,
+    gpus_mib: tuple[int, ...] = (GPU_MIB,),
+    node: str | None = None,
+    **settings: Any,
 ) -> AsyncIterator[MemoryWorld]:
-    """Build the parts as wiring.build_services does, the outside world replaced by fakes."""
+    """Build the parts as wiring.build_services does, the outside world replaced by fakes.
+    With `node` (and a shared `database_url`), the world is that node of a cluster: registered,
+    its heartbeat trusted by the fake clock and renewed only when the test says so
+    (`world.orchestrator.cluster.membership.beat_once()`)."""
     config = memory_settings(tmp_path, simulated_gpus=list(gpus_mib), **settings)
     config.resolved_log_dir.mkdir(parents=True, exist_ok=True)
     clock = FakeClock()
@@ -313,7 +323,7 @@ async def memory_world(
         health=health,
         gpus=gpus,
         ports=ports,
-        orchestrator=Orchestrator(ctx),
+        orchestrator=Orchestrator(ctx, _cluster_node(ctx, node, clock) if node else None),
         _errors=errors,
     )
     clock.idle = world.settle
@@ -324,3 +334,16 @@ async def memory_world(
     finally:
         logging.getLogger(SUPERVISOR_LOGGER).removeHandler(errors)
         await world.close()
+
+
+def _cluster_node(ctx: RunContext, name: str, clock: FakeClock) -> ClusterNode:
+    settings = ctx.settings.model_copy(update={"node_name": name})
+    ctx.settings = settings
+    membership = NodeMembership(
+        ctx.registry.engine,
+        settings,
+        gpus=lambda: published_gpus(ctx.gpu_probe, ctx.allocator),
+        monotonic=clock.monotonic,
+    )
+    membership.register()
+    return ClusterNode.member(ctx.registry, settings, membership)
