@@ -38,7 +38,7 @@ def test_bench_cluster_quick_reports_every_figure(tmp_path: Path, pg_server: PgS
 
     starts = figures["start"]
     for side in cluster.SIDES:
-        for step in ("accepted", "to_running"):
+        for step in cluster.START_STEPS:
             assert starts[side][step]["n"] == plan.starts, (side, step)
             assert starts[side][step]["median_ms"] > 0, (side, step)
     assert math.isfinite(starts["added_median_ms"])
