@@ -22,6 +22,7 @@ SECTIONS = {
     "gateway",
     "adapters",
     "swap",
+    "cluster",  # its figures are checked in test_bench_cluster_quick.py
 }
 QUICK_TIMEOUT_S = 600  # a bound on a hung run, not a speed check: the quick mode takes ~2 min
 

@@ -45,8 +45,13 @@ class ClusterSnapshot:
         return None if row is None else row.url
 
 
-def read_snapshot(registry: Registry) -> ClusterSnapshot:
-    """One transaction over the shared tables (blocking: run it off the loop)."""
+SpecCache = dict[str, tuple[datetime, ModelSpec]]
+
+
+def read_snapshot(registry: Registry, cache: SpecCache | None = None) -> ClusterSnapshot:
+    """One transaction over the shared tables (blocking: run it off the loop). A spec whose
+    row has not changed since the last read (`cache`, by updated_at) is not validated again."""
+    cache = {} if cache is None else cache
     with session_scope(registry.engine) as session:
         now = store.db_now(session)
         rows = repository.list_models(session=session)
@@ -55,10 +60,18 @@ def read_snapshot(registry: Registry) -> ClusterSnapshot:
         nodes = store.list_nodes(session)
     specs: dict[str, ModelSpec] = {}
     for row in rows:
+        cached = cache.get(row.id)
+        if cached is not None and cached[0] == row.updated_at:
+            specs[row.id] = cached[1]
+            continue
         try:
             specs[row.id] = spec_from_row(row)
         except StoredSpecInvalidError as error:
             logger.error("%s", error)
+            continue
+        cache[row.id] = (row.updated_at, specs[row.id])
+    for gone in set(cache) - set(specs):
+        del cache[gone]
     return ClusterSnapshot(
         now=now,
         read_at=time.monotonic(),
@@ -75,6 +88,7 @@ class ClusterView:
         self.max_age_s = max_age_s
         self.latest = ClusterSnapshot(now=datetime.now(UTC))
         self._reading: asyncio.Task[ClusterSnapshot] | None = None
+        self._specs: SpecCache = {}
 
     def forget(self, model_id: str) -> None:
         """This node deleted the model: the view stops showing it before its next read."""
@@ -93,7 +107,9 @@ class ClusterView:
         if time.monotonic() - self.latest.read_at <= limit:
             return self.latest
         if self._reading is None or self._reading.done():
-            self._reading = asyncio.create_task(asyncio.to_thread(read_snapshot, self.registry))
+            self._reading = asyncio.create_task(
+                asyncio.to_thread(read_snapshot, self.registry, self._specs)
+            )
         snapshot = await asyncio.shield(self._reading)
         if snapshot.read_at >= self.latest.read_at:
             self.latest = snapshot
