@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import psycopg
 from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
@@ -83,14 +84,16 @@ class Registry:
 
     # -- plumbing ---------------------------------------------------------------------------
     def _run(self, work: Callable[[Session], T]) -> T:
-        """One transaction, retried while SQLite says locked. Runs on the writer thread (or,
-        for reads, wherever the caller runs them: WAL readers never wait for a writer)."""
+        """One transaction, retried while SQLite says locked or PostgreSQL rolled it back for a
+        deadlock or a serialization failure (row locks of leases taken in different orders).
+        Runs on the writer thread (or, for reads, wherever the caller runs them: WAL readers
+        never wait for a writer)."""
         for attempt in range(_LOCK_RETRIES):
             try:
                 with session_scope(self.engine) as session:
                     return work(session)
             except OperationalError as error:
-                if "locked" not in str(error) or attempt == _LOCK_RETRIES - 1:
+                if not _retryable(error) or attempt == _LOCK_RETRIES - 1:
                     raise
                 time.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
@@ -321,6 +324,13 @@ class Registry:
                 session=session, after_id=after_id, model_id=model_id, limit=limit
             )
         )
+
+
+def _retryable(error: OperationalError) -> bool:
+    rolled_back = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+    if isinstance(error.orig, rolled_back):
+        return True  # PostgreSQL rolled it back: the whole transaction again
+    return "is locked" in str(error)  # SQLite: database (or table) is locked, past its timeout
 
 
 def _log_failure(future: Future[Any]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index
 from sqlmodel import Field, SQLModel
 
 
@@ -79,8 +79,9 @@ class StatusRow(SQLModel, table=True):
     running_since: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
-    log_offset: int = 0
-    log_inode: int | None = None
+    # 64-bit: inode numbers (XFS) and long logs pass 2**31, PostgreSQL's integer.
+    log_offset: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    log_inode: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     restart_needed: bool = False
     # The node whose engine this status describes (where it runs, or last ran).
     node: str | None = Field(default=None, max_length=253)

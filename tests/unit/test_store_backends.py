@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,12 +21,19 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DataError
-from sqlmodel import SQLModel, col
+from sqlmodel import Session, SQLModel, col
 
 from app.orchestrator.registry import Registry
 from app.orchestrator.spec import ModelSpec, RestartPolicy
-from app.store.db import alembic_config, at_head, downgrade_to_base, make_engine, upgrade_to_head
+from app.store.db import (
+    alembic_config,
+    at_head,
+    downgrade_to_base,
+    make_engine,
+    session_scope,
+    upgrade_to_head,
+)
+from app.store.repository import create_model
 from app.store.tables import ModelRow, StatusRow
 from tests.fakes import wait_until
 from tests.fakes.memory import FakeClock
@@ -217,23 +226,7 @@ async def test_store_backends_registry_status_round_trip(registry: Registry) -> 
     assert [snapshot.state for snapshot in committed] == ["failed"]
 
 
-@pytest.mark.parametrize(
-    "database_url",
-    [
-        "sqlite",
-        pytest.param(
-            "postgresql",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=DataError,
-                reason="app/store/tables.py declares StatusRow.log_offset and log_inode Integer: "
-                "psycopg binds them ::INTEGER (32-bit); they need BigInteger, as 0001 now makes "
-                "the columns",
-            ),
-        ),
-    ],
-    indirect=True,
-)
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 async def test_store_backends_status_keeps_64_bit_log_offset_and_inode(
     registry: Registry,
 ) -> None:
@@ -345,3 +338,36 @@ def test_store_backends_postgresql_url_forms(pg_server: PgServer, pg_url: str) -
             assert connection.execute(text("SHOW timezone")).scalar() == "UTC"
     finally:
         plain.dispose()
+
+
+def test_store_backends_a_postgresql_deadlock_is_retried(pg_url: str) -> None:
+    """Two transactions that lock two lease rows in opposite orders: PostgreSQL aborts one of
+    them (deadlock detected), and the Registry runs that one again instead of losing it."""
+    engine = make_engine(pg_url)
+    upgrade_to_head(engine)
+    registry = Registry(engine, FakeClock())
+    with session_scope(engine) as session:
+        for model_id in ("m1", "m2"):
+            fields = {"id": model_id, "model": "/m", "dtype": "auto", "gpu_memory_util": 0.5}
+            create_model(session=session, fields=fields, source="test", now=datetime.now(UTC))
+    barrier = threading.Barrier(2)
+    attempts: list[str] = []
+    lock = text("SELECT 1 FROM models WHERE id = :id FOR UPDATE")
+
+    def lock_both(first: str, second: str) -> str:
+        def work(session: Session) -> str:
+            attempts.append(first)
+            session.execute(lock, {"id": first})
+            if attempts.count(first) == 1:
+                barrier.wait(timeout=10)  # both hold their first row now: a cycle
+            session.execute(lock, {"id": second})
+            return first
+
+        return registry._run(work)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lock_both, ("m1", "m2"), ("m2", "m1")))
+    assert sorted(results) == ["m1", "m2"]
+    assert len(attempts) == 3  # one of the two ran twice
+    registry.close()
+    engine.dispose()
