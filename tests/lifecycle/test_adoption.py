@@ -71,7 +71,11 @@ def test_adoption_engine_died_while_down_is_a_failure_and_restarts(state_dir: Pa
             what="restarted engine",
         )
         status = second.status("tiny")
-        assert status["restarts_total"] == 1
+        trail = [
+            (e["kind"], e.get("from_state"), e.get("to_state"), e["reason"][:100])
+            for e in second.client.get("/models/tiny/events").json()
+        ]
+        assert status["restarts_total"] == 1, (status, trail)
         assert status["last_failure"]["kind"] == "exit"
         assert "while the orchestrator was down" in status["last_failure"]["message"]
         second.client.post("/models/tiny/stop?wait=true")

@@ -9,6 +9,7 @@ generation) is dropped instead of acting on the new one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -163,6 +164,10 @@ class Supervisor:
                     await self._reconcile_adapters()
                 finally:
                     if done is not None:
+                        # Adopted means its status is committed: /readyz promises that a read
+                        # shows the adopted state, not a step on the way to it.
+                        with contextlib.suppress(Exception):  # the loop logs a failed write
+                            await self.ctx.registry.flush()
                         done.set()
             case _:
                 await self._observe(message)
