@@ -304,9 +304,15 @@ class Orchestrator:
         if spec.id in self.supervisors:
             raise AlreadyExistsError(spec.id)  # another node's model: the insert says so
         self._check_names(spec)
-        status = await self.ctx.registry.create(spec, source=source)
-        # The node that creates a model holds it until a start places it elsewhere.
-        await self.cluster.leases.acquire(spec.id)
+        # The node that creates a model holds it until a start places it elsewhere: the lease
+        # is taken in the insert's transaction, and the supervisor runs before any await, so a
+        # reader told of the new model (its `created` event) always finds it here.
+        leases = self.cluster.leases
+        try:
+            status = await self.ctx.registry.create(spec, source=source, claim=leases.claim_new)
+        except BaseException:
+            leases.forget(spec.id)
+            raise
         self.spawn(spec, status)
 
     async def update_model(self, spec: ModelSpec, *, source: str = "api") -> bool:

@@ -182,14 +182,24 @@ class Registry:
                     logger.exception("event listener %r failed", listener)
 
     # -- specs ------------------------------------------------------------------------------
-    async def create(self, spec: ModelSpec, *, source: str = "api") -> StatusRow:
-        """Insert the spec and its initial status; returns that status."""
+    async def create(
+        self,
+        spec: ModelSpec,
+        *,
+        source: str = "api",
+        claim: Callable[[Session, str], None] | None = None,
+    ) -> StatusRow:
+        """Insert the spec and its initial status; returns that status. `claim(session, id)`
+        runs in the same transaction (the creating node takes the model's lease with it)."""
         now = self.clock.now()
 
         def work(session: Session, events: list[EventRow]) -> StatusRow:
             repository.create_model(
                 session=session, fields=spec_fields(spec), source=source, now=now
             )
+            if claim is not None:
+                session.flush()  # the lease row refers to the model row
+                claim(session, spec.id)
             events.append(
                 repository.append_event(
                     session=session, model_id=spec.id, kind="created", at=now, reason=source

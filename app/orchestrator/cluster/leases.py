@@ -56,6 +56,12 @@ class LeaseBook:
         self._epochs[model_id] = epoch
         return epoch
 
+    def claim_new(self, session: Session, model_id: str) -> None:
+        """In the transaction that creates the model: take its lease with it. Recorded here at
+        once; if that transaction fails, the model does not exist and the record is dropped."""
+        lease = store.acquire_lease(session, model_id, self.node, ttl_s=self.ttl_s)
+        self._epochs[model_id] = lease.epoch
+
     async def release(self, model_id: str) -> None:
         """Give the lease up (the model is at rest here and goes elsewhere)."""
         epoch = self._epochs.pop(model_id, None)
