@@ -153,7 +153,7 @@ class Ownership:
         if owner is not None and owner != self.node:
             why = "its node holds the model's lease"
             raise OwnedElsewhereError(model_id, owner, snapshot.url(owner), why=why)
-        spec = snapshot.specs.get(model_id)
+        spec = supervisor.spec if supervisor is not None else snapshot.specs.get(model_id)
         if spec is None:
             raise LookupError(model_id)
         here_allowed = spec.node in (None, self.node)

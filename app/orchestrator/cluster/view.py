@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ from app.orchestrator.spec import ModelSpec
 from app.store import cluster as store
 from app.store import repository
 from app.store.db import session_scope
-from app.store.tables import LeaseRow, NodeRow, StatusRow
+from app.store.tables import LeaseRow, ModelRow, NodeRow, StatusRow
 
 logger = logging.getLogger(__name__)
 
@@ -48,16 +49,33 @@ class ClusterSnapshot:
 SpecCache = dict[str, tuple[datetime, ModelSpec]]
 
 
+_CACHE_LOCK = threading.Lock()  # reads may overlap (ClusterView.read): one at a time in here
+
+
 def read_snapshot(registry: Registry, cache: SpecCache | None = None) -> ClusterSnapshot:
     """One transaction over the shared tables (blocking: run it off the loop). A spec whose
     row has not changed since the last read (`cache`, by updated_at) is not validated again."""
     cache = {} if cache is None else cache
+    started = time.monotonic()  # a snapshot is as new as the moment its read began
     with session_scope(registry.engine) as session:
         now = store.db_now(session)
         rows = repository.list_models(session=session)
         statuses = repository.list_statuses(session=session)
         leases = store.list_leases(session)
         nodes = store.list_nodes(session)
+    with _CACHE_LOCK:
+        specs = _specs_of(rows, cache)
+    return ClusterSnapshot(
+        now=now,
+        read_at=started,
+        specs=specs,
+        statuses={row.model_id: row for row in statuses},
+        leases={row.model_id: row for row in leases},
+        nodes={row.name: row for row in nodes},
+    )
+
+
+def _specs_of(rows: list[ModelRow], cache: SpecCache) -> dict[str, ModelSpec]:
     specs: dict[str, ModelSpec] = {}
     for row in rows:
         cached = cache.get(row.id)
@@ -72,14 +90,7 @@ def read_snapshot(registry: Registry, cache: SpecCache | None = None) -> Cluster
         cache[row.id] = (row.updated_at, specs[row.id])
     for gone in set(cache) - set(specs):
         del cache[gone]
-    return ClusterSnapshot(
-        now=now,
-        read_at=time.monotonic(),
-        specs=specs,
-        statuses={row.model_id: row for row in statuses},
-        leases={row.model_id: row for row in leases},
-        nodes={row.name: row for row in nodes},
-    )
+    return specs
 
 
 class ClusterView:
@@ -89,6 +100,7 @@ class ClusterView:
         self.latest = ClusterSnapshot(now=datetime.now(UTC))
         self._reading: asyncio.Task[ClusterSnapshot] | None = None
         self._specs: SpecCache = {}
+        self._reading_since = 0.0
 
     def forget(self, model_id: str) -> None:
         """This node deleted the model: the view stops showing it before its next read."""
@@ -104,13 +116,18 @@ class ClusterView:
         """A snapshot no older than `max_age_s` (default the view's); concurrent callers share
         one read."""
         limit = self.max_age_s if max_age_s is None else max_age_s
-        if time.monotonic() - self.latest.read_at <= limit:
+        asked_at = time.monotonic()
+        if asked_at - self.latest.read_at <= limit:
             return self.latest
-        if self._reading is None or self._reading.done():
-            self._reading = asyncio.create_task(
+        # A read under way is shared only if it began recently enough: one that began before
+        # this call may miss what the caller has just committed (a model it just created).
+        reading = self._reading
+        if reading is None or reading.done() or self._reading_since < asked_at - limit:
+            reading = asyncio.create_task(
                 asyncio.to_thread(read_snapshot, self.registry, self._specs)
             )
-        snapshot = await asyncio.shield(self._reading)
+            self._reading, self._reading_since = reading, asked_at
+        snapshot = await asyncio.shield(reading)
         if snapshot.read_at >= self.latest.read_at:
             self.latest = snapshot
         return self.latest
