@@ -19,7 +19,6 @@ from app.orchestrator.activity import ActivityBoard
 from app.orchestrator.cluster.errors import OwnedElsewhereError
 from app.orchestrator.cluster.event_relay import relay_events
 from app.orchestrator.cluster.node import ClusterNode
-from app.orchestrator.cluster.view import ClusterSnapshot
 from app.orchestrator.lifecycle import (
     CommandKind,
     CommandResult,
@@ -32,10 +31,11 @@ from app.orchestrator.lifecycle.adapters import AdapterView, with_adapter
 from app.orchestrator.lifecycle.messages import Adopt
 from app.orchestrator.model_names import name_conflicts
 from app.orchestrator.ownership import Ownership
+from app.orchestrator.reads import ModelNotFoundError, ModelReads
 from app.orchestrator.registry import AlreadyExistsError
 from app.orchestrator.room import RoomMaker
 from app.orchestrator.spec import ModelSpec
-from app.store.tables import EventRow, StatusRow
+from app.store.tables import StatusRow
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +47,6 @@ __all__ = [
     "Orchestrator",
     "OwnedElsewhereError",
 ]
-
-
-class ModelNotFoundError(LookupError):
-    pass
 
 
 class AdapterNameConflictError(Exception):
@@ -72,7 +68,7 @@ class ModelRunningError(Exception):
         self.figures = figures
 
 
-class Orchestrator:
+class Orchestrator(ModelReads):
     def __init__(self, ctx: RunContext, cluster: ClusterNode | None = None) -> None:
         self.ctx = ctx
         self.cluster = cluster or ClusterNode.alone(ctx.registry, ctx.settings)
@@ -144,17 +140,6 @@ class Orchestrator:
         if self.adopted.is_set():
             await self.ownership.take_orphans(snapshot)
 
-    def _note_view(self, snapshot: ClusterSnapshot) -> None:
-        if snapshot.specs != self._seen_view:
-            self._seen_view = snapshot.specs
-            self.spec_version += 1
-
-    async def refresh(self) -> None:
-        """Read the other nodes' models as they are now (a no-op alone on SQLite): one read of
-        the shared tables, shared by the requests that ask at the same time."""
-        if self.cluster.shared:
-            self._note_view(await self.cluster.view.read(max_age_s=0))
-
     async def shutdown(self) -> None:
         """Leave engines running (upgrades without downtime) unless the setting says stop."""
         if self.ctx.settings.stop_engines_on_shutdown:
@@ -218,77 +203,6 @@ class Orchestrator:
         if supervisor is None or supervisor.closed:
             raise ModelNotFoundError(model_id)
         return supervisor
-
-    def owns(self, model_id: str) -> bool:
-        """This node supervises the model (holds its lease)."""
-        supervisor = self.supervisors.get(model_id)
-        return supervisor is not None and not supervisor.closed
-
-    def remote_owner(self, model_id: str) -> OwnedElsewhereError | None:
-        """Where the model runs when another live node holds it, as of the view."""
-        if self.owns(model_id):
-            return None
-        snapshot = self.cluster.view.latest
-        owner = snapshot.live_owner(model_id)
-        if owner is None or owner == self.node:
-            return None
-        return OwnedElsewhereError(
-            model_id, owner, snapshot.url(owner), why="its node holds the model's lease"
-        )
-
-    # -- reads (this node's models from their supervisors, the others from the view) -----------
-    def spec(self, model_id: str) -> ModelSpec:
-        if self.owns(model_id):
-            return self.supervisors[model_id].spec
-        spec = self.cluster.view.latest.specs.get(model_id)
-        if spec is None:
-            raise ModelNotFoundError(model_id)
-        return spec
-
-    def specs(self) -> list[ModelSpec]:
-        merged = dict(self.cluster.view.latest.specs)
-        merged.update({model_id: sup.spec for model_id, sup in self.supervisors.items()})
-        return [merged[model_id] for model_id in sorted(merged)]
-
-    def spec_data(self, model_id: str) -> dict[str, Any]:
-        """The spec as JSON-ready data, id first; built once per change, not per request."""
-        if self.owns(model_id):
-            return self.supervisors[model_id].spec_data()
-        spec = self.spec(model_id)
-        return {"id": spec.id, **spec.model_dump(mode="json")}
-
-    def status(self, model_id: str) -> StatusRow:
-        if self.owns(model_id):
-            return self.supervisors[model_id].status()
-        status = self.cluster.view.latest.statuses.get(model_id)
-        if status is None:
-            raise ModelNotFoundError(model_id)
-        return status
-
-    def statuses(self) -> dict[str, StatusRow]:
-        merged = dict(self.cluster.view.latest.statuses)
-        merged.update({model_id: sup.status() for model_id, sup in self.supervisors.items()})
-        return merged
-
-    async def events(self, model_id: str, *, limit: int) -> list[EventRow]:
-        self.spec(model_id)
-        return await asyncio.to_thread(self.ctx.registry.events, model_id, limit=limit)
-
-    async def log_tail(self, model_id: str, count: int) -> list[str]:
-        elsewhere = self.remote_owner(model_id)
-        if elsewhere is not None:
-            raise elsewhere  # the log is on that node's disk
-        self.spec(model_id)
-        return await asyncio.to_thread(self.ctx.log_tail, model_id, count)
-
-    async def can_start(self, model_id: str, *, force: bool = False) -> dict[str, object]:
-        spec = self.spec(model_id)
-        decision = await self.ctx.allocator.check(
-            gpu_memory_util=spec.gpu_memory_util,
-            tensor_parallel_size=spec.tensor_parallel_size,
-            force=force,
-        )
-        return decision.to_dict()
 
     # -- the registry -------------------------------------------------------------------------
     def _check_names(self, spec: ModelSpec) -> None:
