@@ -23,7 +23,14 @@ from app.orchestrator.cluster.node import ClusterNode
 from app.orchestrator.cluster.placement import place
 from app.orchestrator.cluster.stale import stop_stale_engines
 from app.orchestrator.cluster.view import ClusterSnapshot
-from app.orchestrator.lifecycle import AT_REST_STATES, ENGINE_STATES, DesiredState, Supervisor
+from app.orchestrator.failures import FailureKind
+from app.orchestrator.lifecycle import (
+    AT_REST_STATES,
+    ENGINE_STATES,
+    DesiredState,
+    ModelState,
+    Supervisor,
+)
 from app.orchestrator.lifecycle.messages import Adopt
 from app.orchestrator.spec import ModelSpec
 from app.store.tables import LeaseRow, NodeRow, StatusRow
@@ -32,6 +39,15 @@ if TYPE_CHECKING:
     from app.orchestrator.orchestrator import Orchestrator
 
 logger = logging.getLogger(__name__)
+
+
+_REFUSALS = frozenset(
+    {
+        FailureKind.INSUFFICIENT_GPU_MEMORY,
+        FailureKind.GPU_MEMORY_LOW,
+        FailureKind.GPU_UNAVAILABLE,
+    }
+)
 
 
 def at_rest(status: StatusRow) -> bool:
@@ -80,8 +96,10 @@ class Ownership:
         if status.node in (None, self.node):
             return status
         taken = StatusRow(**status.model_dump())
-        if taken.state in ENGINE_STATES:
+        if taken.state in ENGINE_STATES or taken.state == ModelState.FAILED:
+            # (A failure there waited out its backoff there: here the model starts afresh.)
             taken.state = "stopped"
+            taken.next_attempt_at = None
         if not failover:
             taken.desired_state = DesiredState.STOPPED
         taken.pid = taken.pid_create_time = taken.launch_token = taken.port = None
@@ -271,4 +289,18 @@ class Ownership:
                     reason=f"node {orphan.lost_node} stopped heartbeating; {orphan.reason}",
                     data={"from_node": orphan.lost_node, "to_node": self.node},
                 )
-                await self.adopt(spec, self._claimed(status))
+                supervisor = await self.adopt(spec, self._claimed(status))
+                await self._let_go_if_refused(supervisor)
+
+    async def _let_go_if_refused(self, supervisor: Supervisor) -> None:
+        """A failover this node's GPUs refused (the figures it was placed by were a heartbeat
+        old): give the model up, wanted running, for the next node placement picks."""
+        status = supervisor.writer.status
+        if status.state != ModelState.FAILED or status.last_failure_kind not in _REFUSALS:
+            return
+        model_id = supervisor.model_id
+        reason = f"node {self.node} has no room: {status.last_failure_message}"
+        self.orchestrator.ctx.registry.append_event(model_id, "failover_refused", reason=reason)
+        await self.orchestrator.ctx.registry.flush()
+        await self.orchestrator.drop(model_id)
+        await self.cluster.leases.release(model_id)

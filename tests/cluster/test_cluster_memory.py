@@ -17,7 +17,7 @@ from app.orchestrator.cluster.errors import OwnedElsewhereError
 from app.orchestrator.cluster.leases import LeaseLostError
 from app.orchestrator.lifecycle import CommandKind, ModelState
 from app.store.db import session_scope
-from app.store.tables import LeaseRow
+from app.store.tables import LeaseRow, NodeRow
 from tests.lifecycle.memory_harness import MemoryWorld, memory_world
 
 
@@ -120,3 +120,34 @@ async def test_a_command_for_another_live_nodes_model_names_that_node(
             await b.orchestrator.command("m", CommandKind.STOP)
         assert elsewhere.value.node == "a" and not elsewhere.value.placed
         assert a.state("m") == ModelState.RUNNING and b.launcher.launched("m") == []
+
+
+async def test_a_failover_this_node_has_no_room_for_goes_on_to_the_next(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Placement went by a's figures of its last heartbeat, from before `big` started there:
+    a's own allocator refuses the orphan, a lets it go, and b takes it at its next pass."""
+    async with (
+        two_nodes(tmp_path, pg_url) as (a, b),
+        memory_world(tmp_path / "c", node="c", database_url=pg_url) as c,
+    ):
+        await c.add("m", gpu_memory_util=0.5)
+        await c.run("m")
+        await a.add("big", gpu_memory_util=0.8)
+        await a.run("big")
+        await c.orchestrator.ownership.fence()  # c is lost: its engine gone, its lease lapsed
+        _expire_lease(c, "m")
+        with session_scope(c.ctx.registry.engine) as session:
+            past = datetime.now(UTC) - timedelta(seconds=1)
+            session.execute(update(NodeRow).where(col(NodeRow.name) == "c").values(expires_at=past))
+
+        snapshot = await a.orchestrator.cluster.view.read(max_age_s=0)
+        await a.orchestrator.ownership.take_orphans(snapshot)
+        assert "m" not in a.orchestrator.supervisors and a.launcher.launched("m") == []
+        assert "failover_refused" in [event.kind for event in await a.events("m")]
+
+        snapshot = await b.orchestrator.cluster.view.read(max_age_s=0)
+        await b.orchestrator.ownership.take_orphans(snapshot)
+        await b.settle()
+        await b.ready("m")
+        assert b.state("m") == ModelState.RUNNING and b.status("m").node == "b"

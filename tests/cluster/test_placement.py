@@ -124,6 +124,7 @@ def test_orphans_are_expired_leases_of_wanted_models_that_allow_failover() -> No
         spec("no-failover", failover=False),
         spec("pinned-to-lost", node="lost"),
         spec("gone-low", priority=-1),
+        spec("let-go"),  # no lease: a node that took it over had no room and let it go
     ]
     leases = {
         "gone": ("lost", False),
@@ -134,8 +135,9 @@ def test_orphans_are_expired_leases_of_wanted_models_that_allow_failover() -> No
     }
     snapshot = _snapshot(leases, specs, nodes)
     orphans = orphans_for(snapshot, here="a", policy=Placement.SPREAD, margin_mib=1024)
-    assert [o.model_id for o in orphans] == ["gone", "gone-low"]  # highest priority first
-    assert all(o.lost_node == "lost" for o in orphans)
+    # Highest priority first.
+    assert [o.model_id for o in orphans] == ["gone", "let-go", "gone-low"]
+    assert [o.lost_node for o in orphans] == ["lost", "?", "lost"]
     # b has less free memory: spread gives both to a, and b takes none of them.
     assert orphans_for(snapshot, here="b", policy=Placement.SPREAD, margin_mib=1024) == []
     stopped = _snapshot(leases, specs, nodes, desired="stopped")

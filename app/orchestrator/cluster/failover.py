@@ -1,7 +1,8 @@
 """Failover: which models of lost nodes this node should start. Pure over a snapshot.
 
 A model is orphaned when its lease has expired (its node stopped heartbeating for
-NODE_TIMEOUT_S) while it is wanted running and allows failover. Every live node runs the same
+NODE_TIMEOUT_S), or no node holds one (a node that took it over could not start it and let it
+go), while it is wanted running and allows failover. Every live node runs the same
 choice over the same tables; each takes only the models placement gives to itself, and the
 lease's row lock settles the rare tie (one node wins, the other finds it held).
 """
@@ -29,19 +30,18 @@ def orphans_for(
     """The orphaned models that placement gives to node `here`, by priority (highest first)."""
     chosen = []
     live_nodes = [row for row in snapshot.nodes.values() if row.expires_at > snapshot.now]
-    for model_id, lease in snapshot.leases.items():
-        spec = snapshot.specs.get(model_id)
+    for model_id, spec in snapshot.specs.items():
+        lease = snapshot.leases.get(model_id)
         status = snapshot.statuses.get(model_id)
-        if spec is None or status is None or lease.node == here:
+        if status is None or not spec.failover or status.desired_state != DesiredState.RUNNING:
             continue
-        if lease.expires_at > snapshot.now or not spec.failover:
+        if lease is not None and (lease.node == here or lease.expires_at > snapshot.now):
             continue
-        if status.desired_state != DesiredState.RUNNING:
-            continue
+        lost = lease.node if lease is not None else status.node or "?"
         choice = place(
             spec, live_nodes, here=here, now=snapshot.now, policy=policy, margin_mib=margin_mib
         )
         if choice.node == here:
-            chosen.append((spec.priority, Orphan(model_id, lease.node, choice.reason)))
+            chosen.append((spec.priority, Orphan(model_id, lost, choice.reason)))
     chosen.sort(key=lambda item: (-item[0], item[1].model_id))
     return [orphan for _priority, orphan in chosen]
