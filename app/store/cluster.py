@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, text, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -18,6 +18,8 @@ from sqlmodel import Session, col, select
 
 from app.store.repository import utc
 from app.store.tables import ClusterRow, LeaseRow, ModelRow, NodeRow
+
+T = TypeVar("T")
 
 __all__ = [
     "LeaseHeldError",
@@ -170,14 +172,18 @@ def leave_node(session: Session, claim: NodeClaim) -> None:
     )
 
 
-def list_nodes(session: Session) -> list[NodeRow]:
-    rows = list(session.exec(select(NodeRow).order_by(col(NodeRow.name))).all())
+def _detached(session: Session, rows: list[T], *times: str) -> list[T]:
+    """The rows out of the session, their datetime fields in UTC (SQLite returns them naive)."""
     for row in rows:
         session.expunge(row)
-        row.started_at = utc(row.started_at) or row.started_at
-        row.heartbeat_at = utc(row.heartbeat_at) or row.heartbeat_at
-        row.expires_at = utc(row.expires_at) or row.expires_at
+        for name in times:
+            setattr(row, name, utc(getattr(row, name)))
     return rows
+
+
+def list_nodes(session: Session) -> list[NodeRow]:
+    rows = list(session.exec(select(NodeRow).order_by(col(NodeRow.name))).all())
+    return _detached(session, rows, "started_at", "heartbeat_at", "expires_at")
 
 
 # -- leases -------------------------------------------------------------------------------------
@@ -242,8 +248,4 @@ def release_lease(session: Session, model_id: str, node: str, epoch: int) -> boo
 
 def list_leases(session: Session) -> list[LeaseRow]:
     rows = list(session.exec(select(LeaseRow).order_by(col(LeaseRow.model_id))).all())
-    for row in rows:
-        session.expunge(row)
-        row.acquired_at = utc(row.acquired_at) or row.acquired_at
-        row.expires_at = utc(row.expires_at) or row.expires_at
-    return rows
+    return _detached(session, rows, "acquired_at", "expires_at")

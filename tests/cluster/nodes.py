@@ -16,6 +16,7 @@ from typing import Any
 
 import psutil
 
+from tests.conftest import live_engines_of
 from tests.fakes import wait_until
 from tests.lifecycle.orchestrator_process import OrchestratorProcess, orchestrator_process
 
@@ -79,8 +80,8 @@ class Cluster:
 
     def engines(self, name: str | None = None) -> list[int]:
         """Live engine main processes of node `name` (of every node when None)."""
-        markers = {self.marker(name)} if name else {self.marker(n) for n in self._ranges}
-        return [pid for pid, marker in _engine_markers().items() if marker in markers]
+        names = [name] if name else list(self._ranges)
+        return [pid for each in names for pid in live_engines_of(self.marker(each))]
 
     def watchdogs(self, name: str | None = None) -> list[int]:
         found = []
@@ -116,20 +117,6 @@ class Cluster:
             trail = [(e["kind"], e.get("to_state"), e["reason"][:120]) for e in events]
             raise TimeoutError(f"{model_id} not running elsewhere: {seen}; {trail}") from None
         return str(seen["node"])
-
-
-def _engine_markers() -> dict[int, str]:
-    found = {}
-    for process in psutil.process_iter(["pid"]):
-        try:
-            environ = process.environ()
-            marker = environ.get("GPU_ORCH_TEST_RUN")
-            engine = marker and "GPU_ORCH_LAUNCH_TOKEN" in environ
-            if engine and os.getpgid(process.pid) == process.pid:
-                found[process.pid] = str(marker)
-        except (psutil.Error, ProcessLookupError):
-            continue
-    return found
 
 
 def _kill_group(pgid: int) -> None:

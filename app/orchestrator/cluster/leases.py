@@ -37,9 +37,6 @@ class LeaseBook:
         """This node holds the lease and its heartbeat is current: it may launch."""
         return model_id in self._epochs and self._valid()
 
-    def held(self) -> list[str]:
-        return sorted(self._epochs)
-
     def epoch(self, model_id: str) -> int | None:
         return self._epochs.get(model_id)
 

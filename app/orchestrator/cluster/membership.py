@@ -73,7 +73,6 @@ class NodeMembership:
         self._valid_until = 0.0
         self.fenced = False
         self.cluster_id = ""
-        self.beats = 0
         # The watchdog (cluster/watchdog.py) stops this node's engines when renewals stop.
         self.state_dir = settings.state_dir
         self.heartbeat_file = settings.state_dir / watchdog.HEARTBEAT_FILE
@@ -144,7 +143,6 @@ class NodeMembership:
             return None
         if renewed:
             self._valid_until = sent + self.trust_s
-            self.beats += 1
             watchdog.touch(self.heartbeat_file)
         return renewed
 

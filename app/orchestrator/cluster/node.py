@@ -27,10 +27,6 @@ class ClusterNode:
         return self.membership is not None
 
     @property
-    def url(self) -> str | None:
-        return self.settings.node_url
-
-    @property
     def cluster_id(self) -> str:
         return self.membership.cluster_id if self.membership is not None else ""
 

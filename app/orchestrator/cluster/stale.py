@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Collection
 from dataclasses import dataclass
 
-import psutil
-
 from app.orchestrator.launchers.base import EngineRecord, Launcher
+from app.orchestrator.launchers.process import engines_with_env
 
 logger = logging.getLogger(__name__)
 
@@ -36,18 +34,11 @@ class StaleEngine:
 
 def node_engines(cluster_id: str, node: str) -> list[StaleEngine]:
     """The main processes (group leaders) of engines this node started in this cluster."""
-    found = []
-    for process in psutil.process_iter(["pid"]):
-        try:
-            environ = process.environ()
-            if environ.get(CLUSTER_ENV) != cluster_id or environ.get(NODE_ENV) != node:
-                continue
-            token = environ.get(TOKEN_ENV)
-            if token and os.getpgid(process.pid) == process.pid:
-                found.append(StaleEngine(process.pid, environ.get(MODEL_ENV, "?"), token))
-        except (psutil.Error, ProcessLookupError):
-            continue
-    return found
+    engines = engines_with_env({CLUSTER_ENV: cluster_id, NODE_ENV: node})
+    return [
+        StaleEngine(pid, environ.get(MODEL_ENV, "?"), environ[TOKEN_ENV])
+        for pid, environ in engines
+    ]
 
 
 async def stop_stale_engines(

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Mapping
 
 import psutil
 
@@ -129,6 +130,24 @@ def find_by_launch_token(token: str) -> int | None:
         except (psutil.Error, ProcessLookupError):
             continue
     return None
+
+
+def engines_with_env(wanted: Mapping[str, str]) -> list[tuple[int, dict[str, str]]]:
+    """Engine main processes (group leaders carrying a launch token) whose environment holds
+    every item of `wanted`: (pid, environment) each."""
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        try:
+            environ = process.environ()
+            if "GPU_ORCH_LAUNCH_TOKEN" not in environ:
+                continue
+            if any(environ.get(name) != value for name, value in wanted.items()):
+                continue
+            if os.getpgid(process.pid) == process.pid:
+                found.append((process.pid, environ))
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return found
 
 
 def processes_with_token(token: str) -> list[int]:
